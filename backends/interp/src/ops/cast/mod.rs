@@ -91,8 +91,7 @@ pub fn cast(x: &Tensor, to: DType, saturate: bool, round_mode: RoundMode) -> Res
     if x.dtype() == to {
         return Ok(x.clone());
     }
-    if matches!(to, DType::Complex64 | DType::Complex128) || matches!(x.dtype(), DType::Complex64 | DType::Complex128)
-    {
+    if matches!(to, DType::Complex64 | DType::Complex128) || matches!(x.dtype(), DType::Complex64 | DType::Complex128) {
         return Err(EvalError::new(format!("Cast does not convert between {} and {to}", x.dtype())));
     }
     if to == DType::String {
@@ -179,7 +178,9 @@ fn to_strings(x: &Tensor) -> Result<Vec<String>, EvalError> {
         TensorData::Narrow { dtype, codes } if dtype.is_float() => {
             codes.iter().map(|&c| text::format_f32(narrow::decode(*dtype, c))).collect()
         }
-        TensorData::Narrow { dtype, codes } => codes.iter().map(|&c| narrow::decode_int(*dtype, c).to_string()).collect(),
+        TensorData::Narrow { dtype, codes } => {
+            codes.iter().map(|&c| narrow::decode_int(*dtype, c).to_string()).collect()
+        }
         data => match_int!(data, a => a.iter().map(|v| v.to_string()).collect(),
             _ => return Err(EvalError::unsupported(format!("Cast from {} to string is not implemented", x.dtype())))),
     })

@@ -79,11 +79,7 @@ impl Format {
         let m = (code & ((1 << self.man_bits) - 1)) as f64;
         let e = (code >> self.man_bits) as i32;
         let scale = 2f64.powi(-(self.man_bits as i32));
-        if e == 0 {
-            m * scale * 2f64.powi(1 - self.bias)
-        } else {
-            (1.0 + m * scale) * 2f64.powi(e - self.bias)
-        }
+        if e == 0 { m * scale * 2f64.powi(1 - self.bias) } else { (1.0 + m * scale) * 2f64.powi(e - self.bias) }
     }
 
     fn nan(self, negative: bool) -> u8 {

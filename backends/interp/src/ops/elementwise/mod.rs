@@ -7,14 +7,16 @@
 //! is reported as an error rather than given an arbitrary value.
 
 pub(crate) mod num;
+#[cfg(test)]
+pub(crate) mod test_util;
 mod unary;
 
 use super::{OpContext, OpResult};
 use crate::util::{opt_tensor_arg, single, tensor_arg};
 use ndarray::{ArrayBase, ArrayD, Data, IxDyn, Zip};
 use num::{
-    Int, Real, broadcast_all, broadcast_to, match_int, match_int2, match_real, match_real2, max_nan, min_nan,
-    try_zip2, zip2,
+    Int, Real, broadcast_all, broadcast_to, match_int, match_int2, match_real, match_real2, max_nan, min_nan, try_zip2,
+    zip2,
 };
 use sharc_ir::{Array, BinaryOp, DType, Element, EvalError, Op, Tensor, TensorData, Value, VariadicOp};
 use std::cmp::Ordering;
@@ -96,11 +98,9 @@ fn binary(op: &BinaryOp, inputs: &[Option<Value>]) -> Result<Tensor, EvalError> 
             }
             _ => Err(bad_type(name, a.dtype())),
         },
-        BinaryOp::Equal
-        | BinaryOp::Less
-        | BinaryOp::LessOrEqual
-        | BinaryOp::Greater
-        | BinaryOp::GreaterOrEqual => compare(op, a, b),
+        BinaryOp::Equal | BinaryOp::Less | BinaryOp::LessOrEqual | BinaryOp::Greater | BinaryOp::GreaterOrEqual => {
+            compare(op, a, b)
+        }
         BinaryOp::BitwiseAnd | BinaryOp::BitwiseOr | BinaryOp::BitwiseXor => {
             match_int2!(a.data(), b.data(), (x, y) => Ok(bitwise(op, x, y)?), _ => Err(bad_type(name, a.dtype())))
         }
@@ -168,16 +168,20 @@ fn compare(op: &BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor, EvalError> {
         BinaryOp::Greater => o == Some(Ordering::Greater),
         _ => matches!(o, Some(Ordering::Greater | Ordering::Equal)),
     };
-    fn go<T: PartialOrd>(x: &Array<T>, y: &Array<T>, test: impl Fn(Option<Ordering>) -> bool) -> Result<Tensor, EvalError> {
+    fn go<T: PartialOrd>(
+        x: &Array<T>,
+        y: &Array<T>,
+        test: impl Fn(Option<Ordering>) -> bool,
+    ) -> Result<Tensor, EvalError> {
         Ok(Tensor::from(zip2(x, y, |p, q| test(p.partial_cmp(q)))?))
     }
     match_real2!(a.data(), b.data(), (x, y) => go(x, y, test),
-        _ => match_int2!(a.data(), b.data(), (x, y) => go(x, y, test),
-            _ => match (a.data(), b.data()) {
-                (TensorData::Bool(x), TensorData::Bool(y)) => go(x, y, test),
-                (TensorData::String(x), TensorData::String(y)) => go(x, y, test),
-                _ => Err(bad_type(op.onnx_name(), a.dtype())),
-            }))
+    _ => match_int2!(a.data(), b.data(), (x, y) => go(x, y, test),
+        _ => match (a.data(), b.data()) {
+            (TensorData::Bool(x), TensorData::Bool(y)) => go(x, y, test),
+            (TensorData::String(x), TensorData::String(y)) => go(x, y, test),
+            _ => Err(bad_type(op.onnx_name(), a.dtype())),
+        }))
 }
 
 fn bitwise<T: Int>(op: &BinaryOp, x: &Array<T>, y: &Array<T>) -> Result<Tensor, EvalError> {
@@ -206,8 +210,9 @@ fn shift<T: Int>(x: T, n: T, left: bool) -> T {
 /// `PRelu`: the slope broadcasts to X (unidirectionally), so the output has
 /// X's shape.
 fn prelu<T: Element + Copy>(x: &Array<T>, slope: &Array<T>, f: impl Fn(T, T) -> T) -> Result<Tensor, EvalError> {
-    let s = broadcast_to(slope, x.shape())
-        .map_err(|_| EvalError::new(format!("slope of shape {:?} does not broadcast to X {:?}", slope.shape(), x.shape())))?;
+    let s = broadcast_to(slope, x.shape()).map_err(|_| {
+        EvalError::new(format!("slope of shape {:?} does not broadcast to X {:?}", slope.shape(), x.shape()))
+    })?;
     Ok(Tensor::from(Zip::from(x).and(&s).map_collect(|&p, &q| f(p, q))))
 }
 

@@ -13,17 +13,19 @@ pub(super) fn unary(op: &UnaryOp, x: &Tensor) -> Result<Tensor, EvalError> {
             TensorData::Bool(a) => Ok(map_tensor(a, |v| !v)),
             _ => Err(bad_type(name, x.dtype())),
         },
-        UnaryOp::BitwiseNot => match_int!(x.data(), a => Ok(map_tensor(a, |v| v.bitnot())), _ => Err(bad_type(name, x.dtype()))),
+        UnaryOp::BitwiseNot => {
+            match_int!(x.data(), a => Ok(map_tensor(a, |v| v.bitnot())), _ => Err(bad_type(name, x.dtype())))
+        }
         UnaryOp::IsNaN => classify(name, x, f64::is_nan),
         UnaryOp::IsInf { detect_negative, detect_positive } => {
             let (neg, pos) = (*detect_negative, *detect_positive);
             classify(name, x, move |v| (pos && v == f64::INFINITY) || (neg && v == f64::NEG_INFINITY))
         }
         _ => match_int!(x.data(), a => int_unary(op, a),
-            _ => {
-                let f = real_fn(op).ok_or_else(|| bad_type(name, x.dtype()))?;
-                match_real!(x.data(), a => Ok(map_real(a, &*f)), _ => Err(bad_type(name, x.dtype())))
-            }),
+        _ => {
+            let f = real_fn(op).ok_or_else(|| bad_type(name, x.dtype()))?;
+            match_real!(x.data(), a => Ok(map_real(a, &*f)), _ => Err(bad_type(name, x.dtype())))
+        }),
     }
 }
 
@@ -34,13 +36,13 @@ fn map_real<T: Real>(a: &Array<T>, f: &dyn Fn(f64) -> f64) -> Tensor {
 /// `IsNaN` and `IsInf`, which also accept the float8 formats.
 fn classify(name: &str, x: &Tensor, test: impl Fn(f64) -> bool) -> Result<Tensor, EvalError> {
     match_real!(x.data(), a => Ok(map_tensor(a, |v| test(v.to_f64()))),
-        _ => match x.data() {
-            TensorData::Narrow { dtype, codes } if dtype.is_float() => {
-                let d = *dtype;
-                Ok(map_tensor(codes, |&c| test(narrow::decode(d, c) as f64)))
-            }
-            _ => Err(bad_type(name, x.dtype())),
-        })
+    _ => match x.data() {
+        TensorData::Narrow { dtype, codes } if dtype.is_float() => {
+            let d = *dtype;
+            Ok(map_tensor(codes, |&c| test(narrow::decode(d, c) as f64)))
+        }
+        _ => Err(bad_type(name, x.dtype())),
+    })
 }
 
 fn int_unary<T: Int>(op: &UnaryOp, a: &Array<T>) -> Result<Tensor, EvalError> {

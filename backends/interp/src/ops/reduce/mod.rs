@@ -10,8 +10,8 @@ mod scan;
 mod softmax;
 mod topk;
 
-use super::elementwise::num::{Int, Real, match_int, match_real, max_nan, min_nan};
 use super::elementwise::bad_type;
+use super::elementwise::num::{Int, Real, match_int, match_real, max_nan, min_nan};
 use super::{OpContext, OpResult};
 use crate::util::{i64_values, normalize_axis, opt_tensor_arg, single, tensor_arg};
 use ndarray::{ArrayBase, ArrayD, Axis, Data, IxDyn};
@@ -54,7 +54,10 @@ pub(crate) fn map_lanes<T: Clone, U: Clone, S: Data<Elem = T>>(
     for i in 0..outer {
         f(&data[i * n..(i + 1) * n], &mut out);
         if out.len() != (i + 1) * out_len {
-            return Err(EvalError::new(format!("internal: a lane gave {} values, not {out_len}", out.len() - i * out_len)));
+            return Err(EvalError::new(format!(
+                "internal: a lane gave {} values, not {out_len}",
+                out.len() - i * out_len
+            )));
         }
     }
     let mut shape: Vec<usize> = perm.iter().map(|&d| x.shape()[d]).collect();
@@ -136,14 +139,14 @@ fn reduce(r: &Reduce, inputs: &[Option<Value>]) -> Result<Tensor, EvalError> {
         Ok(Tensor::from(plan.fold(a, |g| T::from_f64(fold_real(k, g)))?))
     }
     match_real!(x.data(), a => real(&plan, a, k),
-        _ => match_int!(x.data(), a => Ok(Tensor::from(plan.fold(a, |g| fold_int(k, g)).and_then(|o| collect_results(o))?)),
-            _ => match x.data() {
-                TensorData::Bool(a) if matches!(k, ReduceKind::Max | ReduceKind::Min) => {
-                    let all = k == ReduceKind::Min;
-                    Ok(Tensor::from(plan.fold(a, |g| if all { g.iter().all(|&b| b) } else { g.iter().any(|&b| b) })?))
-                }
-                _ => Err(bad_type(name, x.dtype())),
-            }))
+    _ => match_int!(x.data(), a => Ok(Tensor::from(plan.fold(a, |g| fold_int(k, g)).and_then(|o| collect_results(o))?)),
+        _ => match x.data() {
+            TensorData::Bool(a) if matches!(k, ReduceKind::Max | ReduceKind::Min) => {
+                let all = k == ReduceKind::Min;
+                Ok(Tensor::from(plan.fold(a, |g| if all { g.iter().all(|&b| b) } else { g.iter().any(|&b| b) })?))
+            }
+            _ => Err(bad_type(name, x.dtype())),
+        }))
 }
 
 /// Unwraps per-element results, keeping the first error.

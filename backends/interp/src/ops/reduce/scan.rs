@@ -38,7 +38,8 @@ pub(super) fn cumulative(c: &Cumulative, prod: bool, inputs: &[Option<Value>]) -
         exclusive: bool,
         reverse: bool,
     ) -> Result<ArrayD<T>, EvalError> {
-        let (init, step): (T, fn(T, T) -> T) = if prod { (T::ONE, T::wrapping_mul) } else { (T::ZERO, T::wrapping_add) };
+        let (init, step): (T, fn(T, T) -> T) =
+            if prod { (T::ONE, T::wrapping_mul) } else { (T::ZERO, T::wrapping_add) };
         scan(x, axis, exclusive, reverse, init, |a, v: &T| step(a, *v), |a| a)
     }
     match_real!(x.data(), a => Ok(Tensor::from(real(a, axis, prod, exclusive, reverse)?)),

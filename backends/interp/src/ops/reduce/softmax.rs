@@ -24,7 +24,11 @@ pub(super) fn run(kind: Kind, a: &AxisAttr, inputs: &[Option<Value>]) -> Result<
     };
     let x = tensor_arg(inputs, 0, "input")?;
     let axis = normalize_axis(a.axis, x.rank())?;
-    fn go<T: Real, S: Data<Elem = T>>(x: &ArrayBase<S, IxDyn>, axis: usize, kind: Kind) -> Result<ArrayD<T>, EvalError> {
+    fn go<T: Real, S: Data<Elem = T>>(
+        x: &ArrayBase<S, IxDyn>,
+        axis: usize,
+        kind: Kind,
+    ) -> Result<ArrayD<T>, EvalError> {
         let n = x.shape()[axis];
         map_lanes(x, axis, n, |lane, out| {
             let v: Vec<f64> = lane.iter().map(|e| e.to_f64()).collect();
