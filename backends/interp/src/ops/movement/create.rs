@@ -120,7 +120,7 @@ pub(super) fn one_hot(a: &OneHot, inputs: &[Option<Value>]) -> Outputs {
     if values.len() != 2 {
         return Err(EvalError::new(format!("values must hold [off_value, on_value], got shape {:?}", values.shape())));
     }
-    if !(depth >= 1.0) || depth > MAX_GENERATED as f64 {
+    if depth.is_nan() || depth < 1.0 || depth > MAX_GENERATED as f64 {
         return Err(EvalError::new(format!("depth must be at least 1, got {depth}")));
     }
     let depth = depth as i64;

@@ -99,7 +99,7 @@ fn nd_offsets(data: &[usize], indices: &Tensor, batch_dims: usize) -> Result<(Ve
     let mut offsets = Vec::with_capacity(idx.len() / k.max(1));
     let n_tuples: usize = ishape[..q - 1].iter().product();
     for t in 0..n_tuples {
-        let b = if tuples_per_batch == 0 { 0 } else { t / tuples_per_batch };
+        let b = t.checked_div(tuples_per_batch).unwrap_or(0);
         let mut off = b * batch_stride;
         for j in 0..k {
             let d = batch_dims + j;

@@ -243,7 +243,7 @@ mod tests {
         // X = 0..16 in 1x1x4x4; values from onnx.reference for each mode.
         let x = iota(&[1, 1, 4, 4]);
         let grid = f(&[1, 1, 3, 2], &[-0.9, -0.8, 0.3, 0.55, 1.2, -1.3]);
-        let cases: [(&str, &str, bool, [f32; 3]); 6] = [
+        let cases: [(&str, &str, bool, [f64; 3]); 6] = [
             ("linear", "zeros", false, [0.0, 12.5, 0.0]),
             ("linear", "border", true, [1.35, 11.249999, 3.0]),
             ("nearest", "reflection", false, [0.0, 14.0, 3.0]),

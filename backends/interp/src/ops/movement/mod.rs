@@ -381,9 +381,10 @@ pub(crate) mod testutil {
     }
 
     /// Asserts that two float slices agree to a tolerance.
-    pub fn close(got: &[f32], want: &[f32], tol: f32) {
+    pub fn close(got: &[f32], want: &[f64], tol: f64) {
         assert_eq!(got.len(), want.len(), "lengths differ: {got:?} vs {want:?}");
-        for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        for (k, (&g, w)) in got.iter().zip(want).enumerate() {
+            let g = g as f64;
             assert!((g - w).abs() <= tol * (1.0 + w.abs()), "element {k}: got {g}, want {w}\n{got:?}\n{want:?}");
         }
     }

@@ -206,7 +206,7 @@ fn plan(r: &Resize, x: &Tensor, inputs: &[Option<Value>]) -> Result<Vec<AxisPlan
                 return Err(EvalError::new(format!("scales has {} entries for {} axes", s.len(), axes.len())));
             }
             for (k, &axis) in axes.iter().enumerate() {
-                if !(s[k] > 0.0) || !s[k].is_finite() {
+                if !s[k].is_finite() || s[k] <= 0.0 {
                     return Err(EvalError::new(format!("scales must be positive, got {:?}", s)));
                 }
                 let output = (s[k] * shape[axis] as f64).floor() as usize;

@@ -79,7 +79,7 @@ pub(super) fn unique(a: &Unique, inputs: &[Option<Value>]) -> Result<Vec<Value>,
         super::shape::transpose_tensor(&x, &perm)
     };
     let flat = keys(&moved)?;
-    let width = if n == 0 { 0 } else { flat.len() / n };
+    let width = flat.len().checked_div(n).unwrap_or(0);
     let row = |i: usize| &flat[i * width..(i + 1) * width];
 
     let mut order: Vec<usize> = (0..n).collect();
