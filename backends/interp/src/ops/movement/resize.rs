@@ -484,6 +484,15 @@ mod tests {
     }
 
     #[test]
+    fn pytorch_half_pixel_maps_a_single_output_to_zero() {
+        // The spec (and onnxruntime) use coordinate 0 when the output length
+        // is 1, so cubic sampling returns the first element exactly.
+        let x = f(&[1, 4], &[5., 1., 2., 3.]);
+        let out = run_sizes(resize_op(ResizeMode::Cubic, CoordinateTransform::PytorchHalfPixel), x, &[1, 1]);
+        assert_eq!(fv(&out), vec![5.]);
+    }
+
+    #[test]
     fn nearest_works_for_strings_and_rejects_bad_inputs() {
         let x = Tensor::from_vec(&[2], vec!["a".to_string(), "b".into()]);
         let out = run_sizes(resize_op(ResizeMode::Nearest, CoordinateTransform::Asymmetric), x.clone(), &[4]);

@@ -412,6 +412,9 @@ mod tests {
         assert_eq!(slice_positions(10, 20, 1, 5).unwrap(), Vec::<usize>::new());
         assert_eq!(slice_positions(0, 5, 2, 5).unwrap(), vec![0, 2, 4]);
         assert!(slice_positions(0, 5, 0, 5).is_err());
+        // With a negative step the start is clamped to [0, dim - 1] (the ONNX
+        // spec and onnxruntime); numpy-style slicing would pick nothing here.
+        assert_eq!(slice_positions(-8, -6, -2, 5).unwrap(), vec![0]);
     }
 
     #[test]

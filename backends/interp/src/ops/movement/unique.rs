@@ -164,6 +164,18 @@ mod tests {
     }
 
     #[test]
+    fn unsorted_along_axis_keeps_whole_slices() {
+        let x = f(&[2, 3], &[1., 0., 1., 2., 5., 2.]);
+        let out = unique(x, Some(1), false);
+        let y = out[0].as_tensor().unwrap();
+        assert_eq!(y.shape(), &[2, 2]);
+        assert_eq!(fv(y), vec![1., 0., 2., 5.]);
+        assert_eq!(ints(&out[1]), vec![0, 1]);
+        assert_eq!(ints(&out[2]), vec![0, 1, 0]);
+        assert_eq!(ints(&out[3]), vec![2, 1]);
+    }
+
+    #[test]
     fn strings_and_large_integers_stay_exact() {
         let s = Tensor::from_vec(&[3], vec!["b".to_string(), "a".into(), "b".into()]);
         let out = unique(s, None, true);
