@@ -170,7 +170,17 @@ pub(super) fn pad(a: &Pad, inputs: &[Option<Value>]) -> Outputs {
     let r = x.rank();
     let pads = i64_values(tensor_arg(inputs, 1, "pads")?, "pads")?;
     let fill = match opt_tensor_arg(inputs, 2, "constant_value")? {
-        Some(v) if !v.is_empty() => v.clone(),
+        Some(v) if !v.is_empty() => {
+            if v.dtype() != x.dtype() || v.len() != 1 {
+                return Err(EvalError::new(format!(
+                    "constant_value must be one {} element, got {}{:?}",
+                    x.dtype(),
+                    v.dtype(),
+                    v.shape()
+                )));
+            }
+            v.clone()
+        }
         _ => Tensor::zeros(x.dtype(), &[]),
     };
     let axes = match opt_tensor_arg(inputs, 3, "axes")? {

@@ -104,8 +104,8 @@ pub(super) fn squeeze(inputs: &[Option<Value>]) -> Outputs {
     let x = tensor_arg(inputs, 0, "data")?;
     let shape = x.shape();
     let out: Vec<usize> = match opt_tensor_arg(inputs, 1, "axes")? {
-        None => shape.iter().copied().filter(|&d| d != 1).collect(),
-        Some(t) => {
+        // An empty axes list means "all size-1 dims", as in onnxruntime.
+        Some(t) if !t.is_empty() => {
             let axes = resolve_axes(&i64_values(t, "axes")?, x.rank())?;
             for &a in &axes {
                 if shape[a] != 1 {
@@ -117,6 +117,7 @@ pub(super) fn squeeze(inputs: &[Option<Value>]) -> Outputs {
             }
             shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
         }
+        _ => shape.iter().copied().filter(|&d| d != 1).collect(),
     };
     single(reshaped(x, &out)?)
 }
@@ -283,6 +284,7 @@ mod tests {
     fn squeeze_and_unsqueeze() {
         let x = iota(&[1, 3, 1, 2]);
         assert_eq!(run1(Op::Squeeze, vec![Some(x.clone())]).unwrap().shape(), &[3, 2]);
+        assert_eq!(run1(Op::Squeeze, vec![Some(x.clone()), Some(i(&[0], &[]))]).unwrap().shape(), &[3, 2]);
         assert_eq!(run1(Op::Squeeze, vec![Some(x.clone()), Some(i(&[1], &[-2]))]).unwrap().shape(), &[1, 3, 2]);
         assert!(run1(Op::Squeeze, vec![Some(x.clone()), Some(i(&[1], &[1]))]).unwrap_err().message.contains("size 3"));
         let y = iota(&[3, 4]);
