@@ -7,10 +7,11 @@
 //! grid position) pair to a flat offset in the other grid or to padding.
 
 use super::{
-    MatElem, Real, int_array, is_wide_float, pads_attr, real_array, real_tensor, round_to, spatial_attr, split_same,
+    MatElem, Real, int_array, is_wide_float, pads_attr, real_array, real_cow, real_tensor, round_to, spatial_attr,
+    split_same,
 };
 use crate::util::{opt_tensor_arg, single, tensor_arg};
-use ndarray::{Array2, Array3, ArrayD, IxDyn, s};
+use ndarray::{Array2, Array3, ArrayD, ArrayViewD, IxDyn, s};
 use sharc_ir::op::{AutoPad, Conv, ConvTranspose, DeformConv};
 use sharc_ir::{DType, EvalError, Tensor, Value};
 
@@ -148,7 +149,7 @@ fn tap_table(target: &[usize], grid: &[usize], g: &Geometry) -> Vec<isize> {
 
 /// Forward convolution of `x` [N, C, in...] with `w` [M, C/group, k...]:
 /// im2col, then one product per image and group. Padding reads as zero.
-fn conv_core<T: MatElem>(x: &ArrayD<T>, w: &ArrayD<T>, group: usize, g: &Geometry) -> ArrayD<T> {
+fn conv_core<T: MatElem>(x: ArrayViewD<T>, w: ArrayViewD<T>, group: usize, g: &Geometry) -> ArrayD<T> {
     let (n, c, m) = (x.shape()[0], x.shape()[1], w.shape()[0]);
     let (cg, mg) = (c / group, m / group);
     let kk: usize = g.kernel.iter().product();
@@ -225,7 +226,7 @@ pub(crate) fn conv(a: &Conv, inputs: &[Option<Value>]) -> Outputs {
     let dtype = float_inputs(&ts, "Conv")?;
     let g = conv_geometry(a, &x.shape()[2..], kernel)?;
     fn run<T: Real + MatElem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, group: usize, g: &Geometry) -> Outputs {
-        let mut y = conv_core::<T>(&real_array(x, "X")?, &real_array(w, "W")?, group, g);
+        let mut y = conv_core::<T>(real_cow(x, "X")?.view(), real_cow(w, "W")?.view(), group, g);
         if let Some(b) = b {
             let b = real_array::<T>(b, "B")?;
             add_bias(&mut y, b.as_slice().expect("standard layout"), |a, b| a + b);
@@ -309,7 +310,7 @@ pub(crate) fn conv_transpose(a: &ConvTranspose, inputs: &[Option<Value>]) -> Out
     let dtype = float_inputs(&ts, "ConvTranspose")?;
     let g = transpose_geometry(a, &x.shape()[2..], kernel)?;
     fn run<T: Real + MatElem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, group: usize, g: &Geometry) -> Outputs {
-        let mut y = conv_transpose_core::<T>(&real_array(x, "X")?, &real_array(w, "W")?, group, g);
+        let mut y = conv_transpose_core::<T>(real_cow(x, "X")?.view(), real_cow(w, "W")?.view(), group, g);
         if let Some(b) = b {
             let b = real_array::<T>(b, "B")?;
             add_bias(&mut y, b.as_slice().expect("standard layout"), |a, b| a + b);
@@ -325,7 +326,7 @@ pub(crate) fn conv_transpose(a: &ConvTranspose, inputs: &[Option<Value>]) -> Out
 /// Transposed convolution of `x` [N, C, in...] with `w` [C, M/group, k...]:
 /// per image and group, `Wᵀ · X` gives every kernel tap's contribution, which
 /// col2im adds into the output.
-fn conv_transpose_core<T: MatElem>(x: &ArrayD<T>, w: &ArrayD<T>, group: usize, g: &Geometry) -> ArrayD<T> {
+fn conv_transpose_core<T: MatElem>(x: ArrayViewD<T>, w: ArrayViewD<T>, group: usize, g: &Geometry) -> ArrayD<T> {
     let (n, c) = (x.shape()[0], x.shape()[1]);
     let cg = c / group;
     let mg = w.shape()[1];
@@ -564,7 +565,7 @@ pub(crate) fn conv_integer(a: &Conv, inputs: &[Option<Value>]) -> Outputs {
     let kernel = check_shapes(x.shape(), w.shape(), a.group, false)?;
     let g = conv_geometry(a, &x.shape()[2..], kernel)?;
     let (xv, wv) = integer_operands(x, xzp, w, wzp, "ConvInteger")?;
-    let y = conv_core::<i64>(&xv, &wv, a.group as usize, &g);
+    let y = conv_core::<i64>(xv.view(), wv.view(), a.group as usize, &g);
     single(super::int_tensor(y, DType::I32)?)
 }
 
@@ -622,7 +623,7 @@ pub(crate) fn qlinear_conv(a: &Conv, inputs: &[Option<Value>]) -> Outputs {
         }
         None => 0.0,
     };
-    let mut acc = conv_core::<i64>(&xv, &wv, a.group as usize, &g);
+    let mut acc = conv_core::<i64>(xv.view(), wv.view(), a.group as usize, &g);
     if let Some(b) = b {
         let bv: Vec<i64> = int_array(b, "B")?.iter().copied().collect();
         add_bias(&mut acc, &bv, |a, b| a.wrapping_add(b));

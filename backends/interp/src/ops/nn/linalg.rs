@@ -1,8 +1,8 @@
 //! Linear algebra: `MatMul`, `Gemm`, `Einsum`, `Det`.
 
-use super::{MatElem, Real, int_array, int_tensor, is_wide_float, real_array, real_tensor};
+use super::{MatElem, Real, int_array, int_tensor, is_wide_float, real_array, real_cow, real_tensor};
 use crate::util::{broadcast_shapes, opt_tensor_arg, single, tensor_arg};
-use ndarray::{Array2, Array3, ArrayD, Axis, Ix2, IxDyn};
+use ndarray::{Array2, Array3, ArrayD, ArrayViewD, Axis, Ix2, IxDyn};
 use sharc_ir::op::{Einsum, Gemm};
 use sharc_ir::{DType, EvalError, Tensor, Value};
 
@@ -10,7 +10,7 @@ type Outputs = Result<Vec<Value>, EvalError>;
 
 /// Numpy `matmul` of two arrays: rank-1 operands are promoted to a matrix and
 /// the added dim removed again, batch dims broadcast.
-pub(crate) fn matmul_nd<T: MatElem>(a: &ArrayD<T>, b: &ArrayD<T>) -> Result<ArrayD<T>, EvalError> {
+pub(crate) fn matmul_nd<T: MatElem>(a: ArrayViewD<T>, b: ArrayViewD<T>) -> Result<ArrayD<T>, EvalError> {
     if a.ndim() == 0 || b.ndim() == 0 {
         return Err(EvalError::new(format!(
             "matrix product operands must have rank ≥ 1, got shapes {:?} and {:?}",
@@ -92,9 +92,9 @@ pub(crate) fn matmul(inputs: &[Option<Value>]) -> Outputs {
     let b = tensor_arg(inputs, 1, "B")?;
     let dtype = same_dtype(a, b, "MatMul")?;
     let out = match kind_of(dtype, "MatMul")? {
-        Kind::F32 => real_tensor(matmul_nd::<f32>(&real_array(a, "A")?, &real_array(b, "B")?)?, dtype),
-        Kind::F64 => real_tensor(matmul_nd::<f64>(&real_array(a, "A")?, &real_array(b, "B")?)?, dtype),
-        Kind::Int => int_tensor(matmul_nd::<i64>(&int_array(a, "A")?, &int_array(b, "B")?)?, dtype)?,
+        Kind::F32 => real_tensor(matmul_nd::<f32>(real_cow(a, "A")?.view(), real_cow(b, "B")?.view())?, dtype),
+        Kind::F64 => real_tensor(matmul_nd::<f64>(real_cow(a, "A")?.view(), real_cow(b, "B")?.view())?, dtype),
+        Kind::Int => int_tensor(matmul_nd::<i64>(int_array(a, "A")?.view(), int_array(b, "B")?.view())?, dtype)?,
     };
     single(out)
 }
@@ -145,10 +145,12 @@ fn gemm_real<T: Real + MatElem>(
     m: usize,
     n: usize,
 ) -> Result<ArrayD<T>, EvalError> {
-    let a = real_array::<T>(a, "A")?.into_dimensionality::<Ix2>().expect("rank checked");
-    let b = real_array::<T>(b, "B")?.into_dimensionality::<Ix2>().expect("rank checked");
-    let av = if attrs.trans_a { a.t() } else { a.view() };
-    let bv = if attrs.trans_b { b.t() } else { b.view() };
+    let a = real_cow::<T>(a, "A")?;
+    let b = real_cow::<T>(b, "B")?;
+    let a = a.view().into_dimensionality::<Ix2>().expect("rank checked");
+    let b = b.view().into_dimensionality::<Ix2>().expect("rank checked");
+    let av = if attrs.trans_a { a.t() } else { a };
+    let bv = if attrs.trans_b { b.t() } else { b };
     let mut y = Array2::<T>::zeros((m, n));
     T::gemm(&av, &bv, &mut y.view_mut());
     let alpha = T::of(attrs.alpha as f64);

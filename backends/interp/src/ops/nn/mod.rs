@@ -19,7 +19,7 @@ mod quant;
 
 use super::{OpContext, OpResult};
 use half::{bf16, f16};
-use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, IxDyn, LinalgScalar, ScalarOperand};
+use ndarray::{ArrayD, ArrayView2, ArrayViewMut2, CowArray, IxDyn, LinalgScalar, ScalarOperand};
 use sharc_ir::{DType, EvalError, Op, Tensor, TensorData, Value};
 use std::fmt::Debug;
 
@@ -62,7 +62,7 @@ pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
 
 /// A float type the matrix cores compute in (`f32` or `f64`).
 pub(crate) trait Real:
-    num_traits::Float + LinalgScalar + ScalarOperand + std::ops::AddAssign + Send + Sync + Debug + 'static
+    num_traits::Float + LinalgScalar + ScalarOperand + std::ops::AddAssign + sharc_ir::Element + Send + Sync + Debug
 {
     /// Rounds an `f64` to this type.
     fn of(v: f64) -> Self;
@@ -155,9 +155,22 @@ pub(crate) fn real_array<T: Real>(t: &Tensor, what: &str) -> Result<ArrayD<T>, E
     })
 }
 
+/// A float tensor as an array of `T`: borrowed when it already holds `T`
+/// (the common case, which saves a copy of every activation), converted
+/// otherwise.
+pub(crate) fn real_cow<'a, T: Real>(t: &'a Tensor, what: &str) -> Result<CowArray<'a, T, IxDyn>, EvalError> {
+    match t.as_array::<T>() {
+        Some(a) => Ok(CowArray::from(a.view())),
+        None => Ok(CowArray::from(real_array::<T>(t, what)?)),
+    }
+}
+
 /// Rounds an array computed in `T` to a float tensor of `dtype` (one of the
 /// types [`is_wide_float`] accepts).
 pub(crate) fn real_tensor<T: Real>(a: ArrayD<T>, dtype: DType) -> Tensor {
+    if T::DTYPE == dtype {
+        return Tensor::from_array(a.into_shared());
+    }
     let s = a.shape().to_vec();
     match dtype {
         DType::F64 => Tensor::from_array(collect_array(&s, a.iter().map(|v| v.wide())).into_shared()),
@@ -170,6 +183,12 @@ pub(crate) fn real_tensor<T: Real>(a: ArrayD<T>, dtype: DType) -> Tensor {
 /// The elements of a real tensor (floats, integers, bools) as `f64`, in
 /// standard layout.
 pub(crate) fn f64_array(t: &Tensor, what: &str) -> Result<ArrayD<f64>, EvalError> {
+    // Contiguous f32 data (the common case) converts through a plain slice,
+    // which stays fast in unoptimised builds.
+    if let Some(s) = t.as_array::<f32>().and_then(|a| a.as_slice()) {
+        let v = s.iter().map(|&x| x as f64).collect();
+        return Ok(ArrayD::from_shape_vec(IxDyn(t.shape()), v).expect("one value per element"));
+    }
     let v = t
         .to_f64_vec()
         .ok_or_else(|| EvalError::new(format!("{what} must be a real-valued tensor, got {}", t.dtype())))?;
@@ -179,6 +198,7 @@ pub(crate) fn f64_array(t: &Tensor, what: &str) -> Result<ArrayD<f64>, EvalError
 /// Rounds `v` to the precision of a float `dtype` (identity for `f64` and
 /// non-float types), so that arithmetic done in `f64` can reproduce an ONNX
 /// cast to a narrower float.
+#[inline]
 pub(crate) fn round_to(dtype: DType, v: f64) -> f64 {
     match dtype {
         DType::F32 => v as f32 as f64,

@@ -56,17 +56,41 @@ fn per_channel(t: &Tensor, c: usize, what: &str) -> Result<Vec<f64>, EvalError> 
     Ok(f64_array(t, what)?.into_iter().collect())
 }
 
-/// Values of a parameter broadcast (unidirectionally) to the input's shape.
-fn broadcast_param(t: &Tensor, shape: &[usize], what: &str) -> Result<Vec<f64>, EvalError> {
-    if !broadcasts_to(t.shape(), shape) {
-        return Err(EvalError::new(format!(
-            "{what} of shape {:?} does not broadcast to the input {shape:?}",
-            t.shape()
-        )));
+/// A parameter (scale, bias) broadcast unidirectionally to the input.
+struct Param {
+    values: Vec<f64>,
+    /// Set when the parameter only varies over the trailing `inner`
+    /// elements (the usual case), so `values` holds one row.
+    inner: Option<usize>,
+}
+
+impl Param {
+    /// Broadcasts `t` to `shape`, keeping a single row when it broadcasts to
+    /// the dims from `axis` on.
+    fn new(t: &Tensor, shape: &[usize], axis: usize, what: &str) -> Result<Param, EvalError> {
+        if !broadcasts_to(t.shape(), shape) {
+            return Err(EvalError::new(format!(
+                "{what} of shape {:?} does not broadcast to the input {shape:?}",
+                t.shape()
+            )));
+        }
+        let v = f64_array(t, what)?;
+        let v = v.as_slice().expect("standard layout");
+        let (target, inner) = if broadcasts_to(t.shape(), &shape[axis..]) {
+            (&shape[axis..], Some(shape[axis..].iter().product()))
+        } else {
+            (shape, None)
+        };
+        Ok(Param { values: broadcast_index(target, t.shape()).into_iter().map(|i| v[i]).collect(), inner })
     }
-    let v = f64_array(t, what)?;
-    let v = v.as_slice().expect("standard layout");
-    Ok(broadcast_index(shape, t.shape()).into_iter().map(|i| v[i]).collect())
+
+    /// The value for element `j` of row `row` (rows of `inner` elements).
+    fn at(&self, row: usize, j: usize, inner: usize) -> f64 {
+        match self.inner {
+            Some(_) => self.values[j],
+            None => self.values[row * inner + j],
+        }
+    }
 }
 
 fn channels_input(x: &Tensor, op: &str) -> Result<(usize, usize, usize), EvalError> {
@@ -164,8 +188,8 @@ pub(crate) fn layer_norm(a: &LayerNormalization, inputs: &[Option<Value>], cx: &
     let axis = normalize_axis(a.axis, x.rank())?;
     let shape = x.shape();
     let inner: usize = shape[axis..].iter().product();
-    let scale = broadcast_param(scale, shape, "Scale")?;
-    let bias = b.map(|b| broadcast_param(b, shape, "B")).transpose()?;
+    let scale = Param::new(scale, shape, axis, "Scale")?;
+    let bias = b.map(|b| Param::new(b, shape, axis, "B")).transpose()?;
     let xs = f64_array(x, "X")?;
     let xs = xs.as_slice().expect("standard layout");
     let eps = a.epsilon as f64;
@@ -178,11 +202,10 @@ pub(crate) fn layer_norm(a: &LayerNormalization, inputs: &[Option<Value>], cx: &
         means.push(round_to(s_type, mean));
         invs.push(round_to(s_type, inv));
         for (j, &v) in row.iter().enumerate() {
-            let i = r * inner + j;
             let norm = round_to(t, round_to(s_type, (round_to(s_type, v) - mean) * inv));
-            let scaled = round_to(t, norm * scale[i]);
+            let scaled = round_to(t, norm * scale.at(r, j, inner));
             y.push(match &bias {
-                Some(b) => scaled + b[i],
+                Some(b) => scaled + b.at(r, j, inner),
                 None => scaled,
             });
         }
@@ -252,7 +275,7 @@ pub(crate) fn rms_norm(a: &RMSNormalization, inputs: &[Option<Value>]) -> Output
     let axis = normalize_axis(a.axis, x.rank())?;
     let shape = x.shape();
     let inner: usize = shape[axis..].iter().product();
-    let scale = broadcast_param(scale_t, shape, "scale")?;
+    let scale = Param::new(scale_t, shape, axis, "scale")?;
     let xs = f64_array(x, "X")?;
     let xs = xs.as_slice().expect("standard layout");
     let eps = a.epsilon as f64;
@@ -263,7 +286,7 @@ pub(crate) fn rms_norm(a: &RMSNormalization, inputs: &[Option<Value>]) -> Output
         let rms = (ms + eps).sqrt();
         for (j, &v) in row.iter().enumerate() {
             let norm = round_to(t, round_to(s_type, round_to(s_type, v) / rms));
-            y.push(norm * scale[r * inner + j]);
+            y.push(norm * scale.at(r, j, inner));
         }
     }
     Ok(vec![Value::Tensor(tensor_from_f64(shape, y, v_type)?)])

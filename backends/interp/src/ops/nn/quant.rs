@@ -314,7 +314,7 @@ pub(crate) fn matmul_integer(inputs: &[Option<Value>]) -> Outputs {
     let bzs = bzp.map(|z| param_shape(z, &b_sh, Side::Right, "b_zero_point")).transpose()?.unwrap_or_default();
     let av = minus_zero_point(int_array(a, "A")?, azp.map(|z| int_array(z, "a_zero_point")).transpose()?, &azs);
     let bv = minus_zero_point(int_array(b, "B")?, bzp.map(|z| int_array(z, "b_zero_point")).transpose()?, &bzs);
-    let y = matmul_nd::<i64>(&av, &bv)?;
+    let y = matmul_nd::<i64>(av.view(), bv.view())?;
     single(super::int_tensor(y, DType::I32)?)
 }
 
@@ -360,11 +360,11 @@ pub(crate) fn qlinear_matmul(inputs: &[Option<Value>]) -> Outputs {
     let c: ArrayD<f64> = if a.dtype().is_narrow() || b.dtype().is_narrow() {
         let av = minus_zero_point(decoded(a, "a")?, azp.map(|z| decoded(z, "a_zero_point")).transpose()?, &azs);
         let bv = minus_zero_point(decoded(b, "b")?, bzp.map(|z| decoded(z, "b_zero_point")).transpose()?, &bzs);
-        matmul_nd::<f64>(&av, &bv)?
+        matmul_nd::<f64>(av.view(), bv.view())?
     } else {
         let av = minus_zero_point(int_array(a, "a")?, azp.map(|z| int_array(z, "a_zero_point")).transpose()?, &azs);
         let bv = minus_zero_point(int_array(b, "b")?, bzp.map(|z| int_array(z, "b_zero_point")).transpose()?, &bzs);
-        matmul_nd::<i64>(&av, &bv)?.mapv(|v| v as i32 as f64)
+        matmul_nd::<i64>(av.view(), bv.view())?.mapv(|v| v as i32 as f64)
     };
     let out_shape = c.shape().to_vec();
     // Parameters broadcast against the product: per-row ones need the row dim,
