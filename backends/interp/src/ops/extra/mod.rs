@@ -1,9 +1,24 @@
-//! Family `extra` of the interpreter's ops.
+//! Family `extra` of the interpreter's ops: attention and its companions,
+//! recurrent layers, losses, signal processing, detection, strings, random
+//! generators, and the `ai.onnx.ml` / `ai.onnx.preview.training` ops the
+//! ONNX node suite exercises.
+
+mod attention;
+mod common;
+#[cfg(test)]
+mod testutil;
 
 use super::{OpContext, OpResult};
 use sharc_ir::{Op, Value};
 
 /// Runs the op if it belongs to this family.
-pub fn run(_op: &Op, _inputs: &[Option<Value>], _cx: &OpContext) -> OpResult {
-    None
+pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
+    Some(match op {
+        Op::Attention(a) => attention::attention(a, inputs, cx.num_outputs),
+        Op::RotaryEmbedding(a) => attention::rotary_embedding(a, inputs),
+        Op::SwiGLU(a) => attention::swiglu(a, inputs),
+        Op::LinearAttention(a) => attention::linear_attention(a, inputs),
+        Op::CausalConvWithState(a) => attention::causal_conv_with_state(a, inputs),
+        _ => return None,
+    })
 }
