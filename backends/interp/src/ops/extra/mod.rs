@@ -5,6 +5,7 @@
 
 mod attention;
 mod common;
+mod rnn;
 #[cfg(test)]
 mod testutil;
 
@@ -19,6 +20,9 @@ pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
         Op::SwiGLU(a) => attention::swiglu(a, inputs),
         Op::LinearAttention(a) => attention::linear_attention(a, inputs),
         Op::CausalConvWithState(a) => attention::causal_conv_with_state(a, inputs),
+        Op::RNN(a) => rnn::recurrent(rnn::Cell::Rnn, a, inputs, cx.num_outputs),
+        Op::GRU(a) => rnn::recurrent(rnn::Cell::Gru, a, inputs, cx.num_outputs),
+        Op::LSTM(a) => rnn::recurrent(rnn::Cell::Lstm, a, inputs, cx.num_outputs),
         _ => return None,
     })
 }
