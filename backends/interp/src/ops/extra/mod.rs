@@ -5,6 +5,8 @@
 
 mod attention;
 mod common;
+mod loss;
+mod signal;
 mod rnn;
 #[cfg(test)]
 mod testutil;
@@ -23,6 +25,14 @@ pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
         Op::RNN(a) => rnn::recurrent(rnn::Cell::Rnn, a, inputs, cx.num_outputs),
         Op::GRU(a) => rnn::recurrent(rnn::Cell::Gru, a, inputs, cx.num_outputs),
         Op::LSTM(a) => rnn::recurrent(rnn::Cell::Lstm, a, inputs, cx.num_outputs),
+        Op::NegativeLogLikelihoodLoss(a) => loss::nll_loss(a, inputs),
+        Op::SoftmaxCrossEntropyLoss(a) => loss::softmax_cross_entropy(a, inputs, cx.num_outputs),
+        Op::DFT(a) => signal::dft_op(a, inputs),
+        Op::STFT(a) => signal::stft(a, inputs),
+        Op::HannWindow(a) => signal::window_op(signal::WindowKind::Hann, a, inputs),
+        Op::HammingWindow(a) => signal::window_op(signal::WindowKind::Hamming, a, inputs),
+        Op::BlackmanWindow(a) => signal::window_op(signal::WindowKind::Blackman, a, inputs),
+        Op::MelWeightMatrix(a) => signal::mel_weight_matrix(a, inputs),
         _ => return None,
     })
 }
