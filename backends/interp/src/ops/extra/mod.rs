@@ -5,6 +5,7 @@
 
 mod attention;
 mod common;
+mod detection;
 mod loss;
 mod signal;
 mod rnn;
@@ -33,6 +34,8 @@ pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
         Op::HammingWindow(a) => signal::window_op(signal::WindowKind::Hamming, a, inputs),
         Op::BlackmanWindow(a) => signal::window_op(signal::WindowKind::Blackman, a, inputs),
         Op::MelWeightMatrix(a) => signal::mel_weight_matrix(a, inputs),
+        Op::RoiAlign(a) => detection::roi_align(a, inputs),
+        Op::NonMaxSuppression(a) => detection::non_max_suppression(a, inputs),
         _ => return None,
     })
 }
