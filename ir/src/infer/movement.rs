@@ -116,6 +116,17 @@ fn vector_len(cx: &OpCx, port: usize, what: &str) -> Result<Option<usize>, Strin
     }
 }
 
+/// Like [`vector_len`] for lists of axes, which ONNX's own function
+/// expansions also pass as scalars (one axis).
+pub(crate) fn axes_len(cx: &OpCx, port: usize) -> Result<Option<usize>, String> {
+    match cx.shape(port) {
+        Some(s) if s.is_empty() => Ok(Some(1)),
+        Some(s) if s.len() != 1 => Err(format!("axes must be 1-D, found shape {}", show(&s))),
+        Some(s) => Ok(s[0].as_int().map(|v| v as usize)),
+        None => Ok(cx.value(port).map(|v| v.len())),
+    }
+}
+
 fn reshaped_value(cx: &OpCx, shape: &Option<Vec<Expr>>) -> Option<SymTensor> {
     let v = cx.value(0)?;
     v.reshaped(concrete(shape.as_ref()?)?)
@@ -344,7 +355,7 @@ fn squeeze(cx: &mut OpCx) -> RuleResult {
         match cx.ints(1) {
             Some(a) => norm_axes(&a, d.len())?,
             None => {
-                let n = vector_len(cx, 1, "axes")?;
+                let n = axes_len(cx, 1)?;
                 // Which dims go is unknown, but only size-1 dims can go: if
                 // exactly n dims could be 1, those are the ones.
                 let maybe: Vec<usize> = (0..d.len()).filter(|&i| could_be_one(&d[i])).collect();
@@ -386,7 +397,7 @@ fn could_be_one(e: &Expr) -> bool {
 
 fn unsqueeze(cx: &mut OpCx) -> RuleResult {
     let dtype = cx.dtype(0);
-    let n = vector_len(cx, 1, "axes")?;
+    let n = axes_len(cx, 1)?;
     let d = cx.shape(0);
     let shape = match (&d, cx.ints(1)) {
         (Some(d), Some(axes)) => {

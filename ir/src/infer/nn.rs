@@ -914,13 +914,16 @@ fn recurrent(cx: &mut OpCx, r: &Recurrent, gates: i64, lstm: bool) -> RuleResult
 
 fn dft(cx: &mut OpCx, onesided: bool, inverse: bool) -> RuleResult {
     let dtype = cx.dtype(0);
+    // One-sided inverse (IRFFT) turns a half spectrum into a real signal.
+    let irfft = onesided && inverse;
+    let last = Expr::int(if irfft { 1 } else { 2 });
     let Some(x) = cx.shape_of_rank(0, "the input", |r| r >= 2)? else {
         return Ok(vec![out(dtype, None)?]);
     };
     let r = x.len();
-    if let Some(last) = x[r - 1].as_int()
-        && last != 1
-        && last != 2
+    if let Some(l) = x[r - 1].as_int()
+        && l != 1
+        && l != 2
     {
         return Err(format!("the last dim of {} must be 1 (real) or 2 (complex)", show(&x)));
     }
@@ -941,7 +944,7 @@ fn dft(cx: &mut OpCx, onesided: bool, inverse: bool) -> RuleResult {
     };
     let Some(axis) = axis else {
         let mut s = cx.fresh_shape(0, r);
-        s[r - 1] = Expr::int(2);
+        s[r - 1] = last;
         return Ok(vec![out(dtype, Some(s))?]);
     };
     let n = if cx.has(1) {
@@ -949,6 +952,8 @@ fn dft(cx: &mut OpCx, onesided: bool, inverse: bool) -> RuleResult {
             Some(n) => n,
             None => cx.fresh(0),
         }
+    } else if irfft {
+        x[axis].sub(&Expr::int(1)).and_then(|v| v.scale(2)).ok_or("overflow")?
     } else {
         x[axis].clone()
     };
@@ -958,7 +963,7 @@ fn dft(cx: &mut OpCx, onesided: bool, inverse: bool) -> RuleResult {
     } else {
         n
     };
-    s[r - 1] = Expr::int(2);
+    s[r - 1] = last;
     Ok(vec![out(dtype, Some(s))?])
 }
 
@@ -1145,6 +1150,9 @@ mod tests {
         let dft = Op::DFT(op::Dft { inverse: false, onesided: true });
         let r = one(dft, [t(DType::F32, &["2", "9", "1"])], 1).unwrap();
         assert_eq!(r, vec!["f32[2, 5, 2]"]);
+        // IRFFT, as onnx.shape_inference gives it.
+        let irfft = Op::DFT(op::Dft { inverse: true, onesided: true });
+        assert_eq!(one(irfft, [t(DType::F32, &["1", "10", "n", "2"])], 1).unwrap(), vec!["f32[1, 10, \"2*n-2\", 1]"]);
         let stft = Op::STFT(op::Stft { onesided: true });
         let step = Tensor::scalar(8i64);
         let r = crate::infer::infer_node(

@@ -444,6 +444,14 @@ impl Expr {
             (None, Some(_)) => return Some(o.clone()),
             (None, None) => {}
         }
+        // Broadcasting is idempotent: bcast(a, bcast(a, b)) = bcast(a, b).
+        for (p, q) in [(self, o), (o, self)] {
+            if let Some(Atom::Bcast(x, y)) = q.as_atom()
+                && (x == p || y == p)
+            {
+                return Some(q.clone());
+            }
+        }
         let cannot_be_one = |e: &Expr| {
             let r = e.range();
             r.lo > 1 || r.hi < 1
@@ -1034,6 +1042,9 @@ mod tests {
         // A position-id slice min(seq, 512) broadcast against seq is seq.
         let m = s("seq").minimum(&Expr::int(512));
         assert_eq!(m.bcast(&s("seq")).unwrap(), s("seq"));
+        let u = s("u").bcast(&s("n").minimum(&Expr::int(1))).unwrap();
+        assert_eq!(s("u").bcast(&u).unwrap(), u);
+        assert_eq!(u.bcast(&s("u")).unwrap(), u);
     }
 
     #[test]
