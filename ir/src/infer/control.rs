@@ -88,7 +88,7 @@ pub(super) fn infer_sequence(cx: &mut OpCx) -> RuleResult {
                     let mut d: Vec<Expr> = s.dims().iter().map(Expr::from_dim).collect();
                     if c.new_axis {
                         let r = d.len() as i64 + 1;
-                        let a = if c.axis < 0 { c.axis + r } else { c.axis };
+                        let a = super::from_end(c.axis, r);
                         if a < 0 || a >= r {
                             return Err(format!("axis {} is out of range for rank {r}", c.axis));
                         }
@@ -521,7 +521,7 @@ fn stacked(per_iter: &Type, len: &Expr, axis: i64) -> Result<Type, String> {
         Type::Tensor(t) => match &t.shape {
             Some(s) => {
                 let r = s.rank() as i64 + 1;
-                let a = if axis < 0 { axis + r } else { axis };
+                let a = super::from_end(axis, r);
                 if a < 0 || a >= r {
                     return Err(format!("scan output axis {axis} is out of range for rank {r}"));
                 }

@@ -246,15 +246,17 @@ fn bound(v: &Expr, d: &Expr, upper: bool) -> Option<Bound> {
 pub(crate) fn slice_len(d: &Expr, s: &Expr, e: &Expr, k: &Expr) -> Option<Expr> {
     let k = k.as_int()?;
     if let (Some(d), Some(s), Some(e)) = (d.as_int(), s.as_int(), e.as_int()) {
-        let (s, e) = (if s < 0 { s.saturating_add(d) } else { s }, if e < 0 { e.saturating_add(d) } else { e });
+        // In i128 so that extreme steps and bounds cannot overflow.
+        let (d, k) = (d as i128, k as i128);
+        let (s, e) = (if s < 0 { s as i128 + d } else { s as i128 }, if e < 0 { e as i128 + d } else { e as i128 });
         let n = if k > 0 {
             let (s, e) = (s.clamp(0, d), e.clamp(0, d));
             if e > s { (e - s + k - 1) / k } else { 0 }
         } else {
             let (s, e) = (s.clamp(0, (d - 1).max(0)), e.clamp(-1, d - 1));
-            if d == 0 || s <= e { 0 } else { (s - e + (-k) - 1) / (-k) }
+            if d == 0 || s <= e { 0 } else { (s - e - k - 1) / (-k) }
         };
-        return Some(Expr::int(n));
+        return i64::try_from(n).ok().map(Expr::int);
     }
     let zero = Expr::zero();
     if k > 0 {
@@ -336,7 +338,7 @@ fn slice(cx: &mut OpCx) -> RuleResult {
                     let dim = src[a] as i64;
                     let s = if s < 0 { s.saturating_add(dim) } else { s };
                     let s = if k > 0 { s.clamp(0, dim) } else { s.clamp(0, dim - 1) };
-                    at[a] = usize::try_from(s + (o[a] as i64) * k).ok()?;
+                    at[a] = usize::try_from((o[a] as i64).checked_mul(k)?.checked_add(s)?).ok()?;
                 }
                 Some(())
             })
@@ -536,7 +538,7 @@ fn flatten(cx: &mut OpCx, axis: i64) -> RuleResult {
         return Ok(vec![out(dtype, shape)?]);
     };
     let r = d.len() as i64;
-    let a = if axis < 0 { axis + r } else { axis };
+    let a = super::from_end(axis, r);
     if a < 0 || a > r {
         return Err(format!("axis {axis} is out of range for rank {r}"));
     }
@@ -831,7 +833,7 @@ fn shape_of(cx: &mut OpCx, start: i64, end: Option<i64>) -> RuleResult {
         return Ok(vec![out(Some(DType::I64), Some(vec![n]))?]);
     };
     let r = d.len() as i64;
-    let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;
+    let clamp = |v: i64| if v < 0 { v.saturating_add(r).max(0) } else { v.min(r) } as usize;
     let (s, e) = (clamp(start), clamp(end.unwrap_or(r)));
     let dims: Vec<Expr> = if s < e { d[s..e].to_vec() } else { Vec::new() };
     let v = SymTensor::shape_vector(dims.clone());
@@ -864,7 +866,7 @@ fn constant_of_shape(cx: &mut OpCx, value: Option<&crate::Tensor>) -> RuleResult
     };
     let v = match (&shape, fill) {
         (Some(s), Some(f)) => concrete(s).and_then(|os| {
-            let count: usize = os.iter().product();
+            let count = super::value::checked_product(&os)?;
             (count <= MAX_TRACKED).then(|| f.select(os, &vec![0; count])).flatten()
         }),
         _ => None,
@@ -890,7 +892,7 @@ fn range(cx: &mut OpCx) -> RuleResult {
                 Some(kv) => {
                     let span = l.sub(&s).ok_or("overflow")?;
                     let span = if kv > 0 { span } else { span.neg().ok_or("overflow")? };
-                    len = span.ceil_div(&Expr::int(kv.abs())).map(|n| n.maximum(&Expr::zero()));
+                    len = kv.checked_abs().and_then(|k| span.ceil_div(&Expr::int(k))).map(|n| n.maximum(&Expr::zero()));
                     if let (Some(n), Some(d)) = (len.as_ref().and_then(|n| n.as_int()), dtype)
                         && n as usize <= MAX_TRACKED
                     {
@@ -928,7 +930,7 @@ fn one_hot(cx: &mut OpCx, axis: i64) -> RuleResult {
         return Ok(vec![out(dtype, None)?]);
     };
     let r = ind.len() as i64 + 1;
-    let a = if axis < 0 { axis + r } else { axis };
+    let a = super::from_end(axis, r);
     if a < 0 || a >= r {
         return Err(format!("axis {axis} is out of range for an output of rank {r}"));
     }
@@ -1008,7 +1010,7 @@ fn depth_space(cx: &mut OpCx, blocksize: i64, to_space: bool) -> RuleResult {
         return Ok(vec![out(dtype, None)?]);
     };
     let b = Expr::int(blocksize);
-    let bb = Expr::int(blocksize * blocksize);
+    let bb = Expr::int(blocksize.checked_mul(blocksize).ok_or("blocksize overflow")?);
     let exact = |x: &Expr, k: &Expr| -> Result<Expr, String> {
         if let (Some(v), Some(kv)) = (x.as_int(), k.as_int())
             && v % kv != 0

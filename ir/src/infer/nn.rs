@@ -442,7 +442,11 @@ fn window_out(
         AutoPad::SameUpper | AutoPad::SameLower => input.ceil_div(&s),
         AutoPad::Valid | AutoPad::NotSet => {
             let (pb, pe) = if auto_pad == AutoPad::Valid { (0, 0) } else { (pad_begin, pad_end) };
-            let span = input.add(&Expr::int(pb + pe)).and_then(|x| x.sub(&eff)).ok_or("overflow")?;
+            let span = pb
+                .checked_add(pe)
+                .and_then(|p| input.add(&Expr::int(p)))
+                .and_then(|x| x.sub(&eff))
+                .ok_or("overflow")?;
             if let Some(v) = span.as_int()
                 && v < 0
             {
@@ -601,7 +605,7 @@ fn conv_transpose(cx: &mut OpCx, c: &ConvTranspose) -> RuleResult {
                                 input
                                     .sub(&Expr::int(1))
                                     .and_then(|v| v.scale(strides[i]))
-                                    .and_then(|v| v.add(&Expr::int(opad[i] - pb - pe)))
+                                    .and_then(|v| v.add(&Expr::int(opad[i].checked_sub(pb)?.checked_sub(pe)?)))
                                     .and_then(|v| v.add(&eff?))
                             }
                         }
@@ -682,7 +686,7 @@ fn max_unpool(cx: &mut OpCx, kernel: &[i64], strides: Option<&[i64]>, pads: Opti
         let d = x[2 + i]
             .sub(&Expr::int(1))
             .and_then(|v| v.scale(strides[i]))
-            .and_then(|v| v.add(&Expr::int(kernel[i] - pads[i] - pads[i + n])))
+            .and_then(|v| v.add(&Expr::int(kernel[i].checked_sub(pads[i])?.checked_sub(pads[i + n])?)))
             .ok_or("overflow")?;
         shape.push(d);
     }
