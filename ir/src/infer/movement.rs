@@ -7,7 +7,7 @@ use super::elementwise::{broadcast, passthrough, same_dtype};
 use super::symbolic::Expr;
 use super::value::{MAX_TRACKED, SymData, SymTensor, broadcast_concrete, broadcast_index, remap};
 use super::{OpCx, RuleResult, norm_axes, norm_axis, out, out_value, show};
-use crate::op::{KeepAspectRatio, Resize};
+use crate::op::{CoordinateTransform, KeepAspectRatio, Resize};
 use crate::{DType, Op};
 
 pub(super) fn infer(cx: &mut OpCx) -> RuleResult {
@@ -1176,8 +1176,8 @@ fn resize(cx: &mut OpCx, r: &Resize) -> RuleResult {
                                 ratios.fold(0.0, f64::max)
                             };
                             for (i, &a) in axes.iter().enumerate() {
-                                // ONNX rounds half away from zero here.
-                                shape[a] = Expr::int((scale * ins[i] as f64).round() as i64);
+                                // round_int: the nearest integer, halves up.
+                                shape[a] = Expr::int((scale * ins[i] as f64 + 0.5).floor() as i64);
                             }
                         }
                         _ => {
@@ -1200,7 +1200,21 @@ fn resize(cx: &mut OpCx, r: &Resize) -> RuleResult {
         {
             return Err(format!("scales has {n} entries for {} axes", axes.len()));
         }
-        let scales = cx.value(2).and_then(|v| v.as_f64s());
+        let mut scales = cx.value(2).and_then(|v| v.as_f64s());
+        if scales.as_ref().is_some_and(|s| s.len() != axes.len()) {
+            return Err(format!("scales has {} entries for {} axes", scales.map_or(0, |s| s.len()), axes.len()));
+        }
+        // The size is floor(d * (roi_end - roi_start) * scale), and the region
+        // only counts with tf_crop_and_resize: claim a size there only for a
+        // region known to span the whole axis.
+        if r.coordinate_transformation_mode == CoordinateTransform::TfCropAndResize {
+            let roi = cx.value(1).and_then(|v| v.as_f64s());
+            let n = axes.len();
+            let full = roi.is_some_and(|roi| roi.len() == 2 * n && (0..n).all(|i| roi[i + n] - roi[i] == 1.0));
+            if !full {
+                scales = None;
+            }
+        }
         for (i, &a) in axes.iter().enumerate() {
             shape[a] = match scales.as_ref().and_then(|s| scaled_dim(&d[a], s[i])) {
                 Some(x) => x,
@@ -1444,6 +1458,17 @@ mod tests {
             &[None, None, Some(&scales)],
             1,
         );
+        assert_eq!(r, vec!["f32[n, 3, \"2*h\", \"w//2\"]"]);
+        // With tf_crop_and_resize the region scales the size too: unknown
+        // region, unknown size; a full region, the plain rule.
+        let Op::Resize(mut crop) = rs.clone() else { unreachable!() };
+        crop.coordinate_transformation_mode = op::CoordinateTransform::TfCropAndResize;
+        let crop = Op::Resize(crop);
+        let x = Some(t(DType::F32, &["n", "3", "h", "w"]));
+        let r = infer_node_for(&crop, &[x.clone(), Some(t(DType::F32, &["8"])), None], &[None, None, Some(&scales)], 1);
+        assert_eq!(r, vec!["f32[unk__o0_0, unk__o0_1, unk__o0_2, unk__o0_3]"]);
+        let roi = Tensor::from_vec(&[8], vec![0.0f32, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
+        let r = infer_node_for(&crop, &[x, None, None], &[None, Some(&roi), Some(&scales)], 1);
         assert_eq!(r, vec!["f32[n, 3, \"2*h\", \"w//2\"]"]);
     }
 

@@ -1149,6 +1149,38 @@ mod tests {
         assert!(one(es, [t(DType::F32, &["2", "3"]), t(DType::F32, &["4", "5"])], 1).is_err());
     }
 
+    /// Expected values from onnx.shape_inference (opset 28).
+    #[test]
+    fn recent_ops_match_onnx() {
+        let la = Op::LinearAttention(op::LinearAttention {
+            chunk_size: 64,
+            kv_num_heads: 2,
+            q_num_heads: 4,
+            scale: 0.0,
+            update_rule: "linear".into(),
+        });
+        let r = one(
+            la,
+            [
+                t(DType::F32, &["2", "5", "32"]),
+                t(DType::F32, &["2", "5", "16"]),
+                t(DType::F32, &["2", "5", "24"]),
+                t(DType::F64, &["2", "2", "8", "12"]),
+            ],
+            2,
+        );
+        assert_eq!(r.unwrap(), vec!["f32[2, 5, 48]", "f64[2, 2, 8, 12]"]);
+        let cc = Op::CausalConvWithState(op::CausalConvWithState { activation: "none".into() });
+        let r = one(cc, [t(DType::F32, &["b", "6", "l"]), t(DType::F32, &["6", "1", "4"])], 2).unwrap();
+        assert_eq!(r, vec!["f32[b, 6, l]", "f32[b, 6, 3]"]);
+        let sw = Op::SwiGLU(op::SwiGlu { alpha: 1.0 });
+        assert_eq!(
+            one(sw.clone(), [t(DType::F32, &["n", "8"]), t(DType::F32, &["n", "8"])], 1).unwrap(),
+            vec!["f32[n, 8]"]
+        );
+        assert!(one(sw, [t(DType::F32, &["n", "8"]), t(DType::F32, &["n", "4"])], 1).is_err());
+    }
+
     #[test]
     fn signal_and_quantisation() {
         let dft = Op::DFT(op::Dft { inverse: false, onesided: true });
