@@ -5,8 +5,10 @@
 //! values bring their types and known elements from the enclosing graph, and
 //! the node's outputs come from the body's outputs.
 //!
-//! - `If`: both branches are inferred; with a known condition the taken
-//!   branch's outputs are exact, otherwise the branches' types are joined.
+//! - `If`: both branches are inferred and their types joined. With a known
+//!   condition the taken branch gives the outputs, and the other branch is
+//!   inferred on a copy that is kept only if it succeeds: dead code (of a
+//!   function expansion, say) may well be invalid for the shapes at hand.
 //! - `Loop` and `Scan`: loop-carried types are widened to a fixpoint on a copy
 //!   of the body (a dim that changes between iterations becomes a fresh
 //!   symbol), then the body is inferred once with the final types. Scan

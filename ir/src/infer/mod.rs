@@ -12,7 +12,7 @@
 //! A dim is [`Dim::Fixed`] or [`Dim::Sym`]. Inference computes with
 //! [`Expr`]essions over symbols (see [`symbolic`]) and writes a derived dim
 //! back as a `Dim::Sym` holding the expression's canonical text: `batch*seq`,
-//! `seq-1`, `(h-3)//2+1`, `min(seq, 512)`, `bcast(a, b)`. Equal expressions
+//! `seq-1`, `(h+1)//2`, `min(512, seq)`, `bcast(a, b)`. Equal expressions
 //! always print identically, and a later run reads the text back into the same
 //! expression, so derived dims compare equal wherever they are equal as
 //! polynomials. `Dim` itself is unchanged.

@@ -17,8 +17,16 @@
 //! Text form: `+ - *`, `//` (floor division), `%` (modulo, sign of the
 //! divisor), `^` (a small power), `min(a, b)`, `max(a, b)`, `bcast(a, b)`,
 //! integers, identifiers, and symbols in double quotes when their name is not
-//! an identifier. Examples: `batch*seq`, `seq-1`, `(seq-3)//2+1`,
-//! `min(seq, 512)`.
+//! an identifier. Examples: `batch*seq`, `seq-1`, `(h+1)//2-1`,
+//! `min(512, seq)`. Terms are ordered by monomial with the constant last, and
+//! the arguments of `min`, `max` and `bcast` in a fixed order.
+//!
+//! Floor division by a constant `k` keeps only the part of the dividend that
+//! `k` does not divide: `(h-3)//2+1` is stored, and printed, as `(h+1)//2-1`.
+//! The normal form is complete for polynomials; identities that need case
+//! analysis of floor, `min` or `max` (`h - h//2` against `(h+1)//2`) are not
+//! recognised, so such expressions may compare unequal although they are
+//! equal. That costs precision, never correctness.
 //!
 //! Comparisons ([`Expr::cmp_sym`]) use interval arithmetic under one
 //! documented assumption: **every symbol is a size in `[0, 2^62)`**. That is
