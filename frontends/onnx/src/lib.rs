@@ -20,7 +20,9 @@ mod error;
 mod export;
 mod external;
 mod import;
+#[rustfmt::skip]
 mod opsets;
+mod scan;
 mod tensor;
 #[cfg(test)]
 mod testutil;

@@ -171,15 +171,25 @@ fn feature_model(external: bool) -> ModelProto {
     m
 }
 
-/// Imports (and, when that works, exports) under catch_unwind. Returns
+/// Imports (and, when that works, exports) under catch_unwind: from bytes,
+/// or, with `file`, from that file (the memory-mapped path). Returns
 /// whether the import succeeded, or the panic message.
-fn survives(bytes: &[u8], base: Option<&Path>) -> Result<bool, String> {
-    let r = catch_unwind(AssertUnwindSafe(|| match import_bytes(bytes, base) {
-        Ok(g) => {
-            let _ = export_bytes(&g, &ExportOptions::default());
-            true
+fn survives(bytes: &[u8], base: Option<&Path>, file: Option<&Path>) -> Result<bool, String> {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let imported = match file {
+            Some(f) => {
+                std::fs::write(f, bytes).unwrap();
+                sharc_onnx::import_file(f)
+            }
+            None => import_bytes(bytes, base),
+        };
+        match imported {
+            Ok(g) => {
+                let _ = export_bytes(&g, &ExportOptions::default());
+                true
+            }
+            Err(_) => false,
         }
-        Err(_) => false,
     }));
     r.map_err(|e| {
         e.downcast_ref::<String>()
@@ -189,14 +199,18 @@ fn survives(bytes: &[u8], base: Option<&Path>) -> Result<bool, String> {
     })
 }
 
-fn mutate_and_import(name: &str, original: &[u8], base: Option<&Path>, truncations: usize, flips: usize, seed: u64) {
+/// Imports truncated, bit-flipped and garbage variants of `original`; every
+/// third one goes through a file in `dir` (for the zero-copy path).
+fn mutate_and_import(name: &str, original: &[u8], dir: &Path, truncations: usize, flips: usize, seed: u64) {
     let mut rng = Rng(seed);
     let mut panics = Vec::new();
     let mut errors = 0;
     let mut variants = 0;
+    let file = dir.join("variant.onnx");
     let mut check = |v: Vec<u8>, what: String| {
         variants += 1;
-        match survives(&v, base) {
+        let via_file = variants % 3 == 0;
+        match survives(&v, Some(dir), via_file.then_some(file.as_path())) {
             Ok(true) => {}
             Ok(false) => errors += 1,
             Err(p) => panics.push(format!("{what}: {p}")),
@@ -234,13 +248,14 @@ fn mutated_feature_model_never_panics() {
     let g = import_bytes(&bytes, Some(dir.path())).expect("the unmutated model imports");
     assert_eq!(g.weights.len(), 4);
     // Every truncation point of the small model, plus random flips.
-    mutate_and_import("feature model", &bytes, Some(dir.path()), bytes.len(), 400, 0x5eed);
+    mutate_and_import("feature model", &bytes, dir.path(), bytes.len(), 400, 0x5eed);
 }
 
 #[test]
 fn mutated_real_model_never_panics() {
     let bytes = std::fs::read(common::shared_dir().join("models/gpt-tiny.onnx")).unwrap();
-    mutate_and_import("gpt-tiny", &bytes, None, 48, 110, 42);
+    let dir = tempfile::tempdir().unwrap();
+    mutate_and_import("gpt-tiny", &bytes, dir.path(), 48, 110, 42);
 }
 
 /// Targeted corruptions of the feature model, each with the error it must give.
