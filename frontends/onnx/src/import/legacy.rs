@@ -36,14 +36,11 @@
 //! | GridSample (< 20) | modes `bilinear`/`bicubic` → `linear`/`cubic` |
 //! | DFT (< 20) | `axis` attribute (default 1) → input |
 //! | Scan (< 9) | batched Scan → a Scan over the batch whose body runs the unbatched Scan |
+//! | GroupNormalization (< 21) | per-group `scale`/`bias` repeated to per-channel ones |
 
 use super::{Emitter, NodeIn};
 use sharc_ir::op::{Flatten, Reshape, Scan, ShapeOf};
 use sharc_ir::{Attr, Attrs, DType, Graph, Op, Subgraph, Tensor, Type, ValueInfo, ValueRef};
-
-/// The newest opset whose definitions sharc knows. Models of newer opsets
-/// are imported as if they used this one.
-pub(crate) const LATEST_KNOWN_OPSET: i64 = 28;
 
 type Outputs = Vec<Option<ValueRef>>;
 
@@ -197,6 +194,7 @@ pub(super) fn normalize(em: &mut Emitter, n: &mut NodeIn) -> Result<Option<Outpu
             set_input(n, 2, a);
         }
         "Scan" if v < 9 => return scan_v8(em, n).map(Some),
+        "GroupNormalization" if v < 21 => group_norm_v18(em, n)?,
         _ => {}
     }
     Ok(None)
@@ -526,6 +524,31 @@ fn upsample(em: &mut Emitter, n: &mut NodeIn) -> Result<(), String> {
     Ok(())
 }
 
+/// Opset 18 GroupNormalization had one scale and bias per group; since
+/// opset 21 they are per channel, so each group's value is repeated C/G times.
+fn group_norm_v18(em: &mut Emitter, n: &mut NodeIn) -> Result<(), String> {
+    let groups = match n.attrs.get("num_groups") {
+        Some(Attr::Int(g)) if *g > 0 => *g,
+        _ => return Err("GroupNormalization needs a positive 'num_groups'".to_string()),
+    };
+    let x = input(n, 0, "X")?;
+    let channels = em.op(Op::Shape(ShapeOf { start: 1, end: Some(2) }), &[Some(x)], "channels");
+    let g = em.ints("groups", &[groups]);
+    let per_group = em.op(Op::Binary(sharc_ir::BinaryOp::Div), &[Some(channels), Some(g)], "per_group");
+    let mut cat = Attrs::new();
+    cat.insert("axis".into(), Attr::Int(0));
+    let grid = em.op(typed("Concat", cat)?, &[Some(g), Some(per_group)], "group_grid");
+    let one = em.ints("axes", &[1]);
+    for port in [1, 2] {
+        let v = input(n, port, if port == 1 { "scale" } else { "bias" })?;
+        let col = em.op(Op::Unsqueeze, &[Some(v), Some(one)], "per_group_col");
+        let grid_v = em.op(Op::Expand, &[Some(col), Some(grid)], "per_channel_grid");
+        let flat = em.op(Op::Reshape(Reshape { allowzero: false }), &[Some(grid_v), Some(channels)], "per_channel");
+        n.inputs[port] = Some(flat);
+    }
+    Ok(())
+}
+
 /// Opset 8 Scan has a leading batch dim on every input and output. It is
 /// the same as an opset-9 Scan over the batch (every input is a scan input,
 /// every output a scan output) whose body runs the original, unbatched scan.
@@ -542,8 +565,10 @@ fn scan_v8(em: &mut Emitter, n: &mut NodeIn) -> Result<Outputs, String> {
     if let Some(k) = n.attrs.keys().next() {
         return Err(format!("unknown attribute '{k}' for an opset-8 Scan"));
     }
-    let rest: Vec<ValueRef> = n.inputs[1..]
+    let rest: Vec<ValueRef> = n
+        .inputs
         .iter()
+        .skip(1)
         .map(|v| v.ok_or("opset-8 Scan inputs after sequence_lens may not be empty"))
         .collect::<Result<_, _>>()?;
     if num_scan < 1 || num_scan as usize > rest.len() {
