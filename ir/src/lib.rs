@@ -38,6 +38,7 @@ pub mod graph;
 pub mod op;
 pub mod shape;
 pub mod tensor;
+pub mod text;
 pub mod verify;
 pub mod weights;
 
@@ -50,5 +51,6 @@ pub use graph::{
 pub use op::{BinaryOp, Op, Opaque, Reduce, ReduceKind, UnaryOp, VariadicOp};
 pub use shape::{Dim, Shape, TensorType, Type};
 pub use tensor::{Array, Element, Tensor, TensorData};
+pub use text::{ParseError, parse, parse_with_weights, print};
 pub use verify::{VerifyError, verify};
 pub use weights::{MappedFile, Weight, WeightData, WeightId, WeightStore};
