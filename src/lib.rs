@@ -5,18 +5,20 @@
 //! models), and run or export the result.
 //!
 //! This crate is the facade: it re-exports the IR ([`ir`]), the ONNX frontend
-//! ([`onnx`]) and the reference interpreter ([`interp`]), adds safetensors
-//! data files ([`data`]), and hosts the `sharc` command-line tool.
+//! ([`onnx`]) and the reference interpreter ([`interp`]), adds model loading
+//! and saving by file extension ([`model`]) and safetensors data files
+//! ([`data`]), and hosts the `sharc` command-line tool.
 //!
 //! ```no_run
-//! let g = sharc::onnx::import_file(std::path::Path::new("model.onnx"))?;
+//! let g = sharc::model::load(std::path::Path::new("model.onnx"))?;
 //! println!("{}", g.stats());
-//! # Ok::<(), sharc::onnx::OnnxError>(())
+//! # Ok::<(), sharc::Error>(())
 //! ```
 
 pub mod data;
 mod error;
 pub mod io;
+pub mod model;
 
 pub use error::Error;
 pub use sharc_interp as interp;
