@@ -38,7 +38,7 @@ pub const PRESERVED_TRAINING_INFO: &str = "onnx.training_info";
 
 /// Imports an ONNX model file. External data is looked up next to it.
 ///
-/// The result has passed [`sharc_ir::verify`]. Old opsets are normalised to
+/// The result has passed [`sharc_ir::verify()`]. Old opsets are normalised to
 /// the forms of recent ones; ops that sharc does not model (and every op of
 /// another domain) become [`Op::Opaque`] with their attributes kept.
 pub fn import_file(path: impl AsRef<Path>) -> Result<Graph, OnnxError> {
