@@ -285,6 +285,8 @@ struct Exporter<'a> {
 }
 
 fn build_model(g: &Graph, file: &str, data: Option<&mut DataFile>) -> Result<ModelProto, OnnxError> {
+    // Export indexes values freely; a malformed graph must be an error here.
+    sharc_ir::verify(g).map_err(|e| OnnxError::export(file, format!("the graph is not well formed: {e}")))?;
     let mut ex = Exporter { file, data, reqs: Vec::new(), min_opset: 0, domains: BTreeMap::new() };
     let graph = ex.graph(g, &HashSet::new(), &[], true, &format!("graph '{}'", g.name))?;
 
@@ -815,6 +817,23 @@ mod tests {
         let ops: Vec<(String, i64)> = m.opset_import.iter().map(|o| (o.domain.clone(), o.version)).collect();
         assert_eq!(ops, vec![(String::new(), 22), ("ai.onnx.ml".into(), 3)]);
         assert_eq!(m.ir_version, 10);
+    }
+
+    #[test]
+    fn malformed_graphs_are_refused() {
+        let mut g = one_op(Op::MatMul, 2);
+        let y = g.outputs()[0].value;
+        // A dangling edge: the Input feeding the MatMul is removed.
+        let x0 = g.inputs()[0];
+        g.remove_node(x0);
+        g.add_node(
+            Op::Identity,
+            "",
+            &[Some(ValueRef::new(y.node, 5))],
+            vec![sharc_ir::ValueInfo::new("z", Type::Unknown)],
+        );
+        let e = export_bytes(&g, &ExportOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("not well formed"), "{e}");
     }
 
     #[test]
