@@ -488,6 +488,10 @@ impl Importer {
         }
         let id = scope.graph.weights.add(w).map_err(|m| self.model_err(format!("{}: {m}", scope.label)))?;
         let v = scope.graph.weight_value(id);
+        // The initializer's name was reserved up front (so helper nodes never
+        // take it), which made `weight_value` pick a fresh one; the value
+        // must keep the ONNX name so that printed IR and export match the file.
+        scope.graph.value_info_mut(v).name = name;
         Ok(v)
     }
 
