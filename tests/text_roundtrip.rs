@@ -110,6 +110,7 @@ fn node_suite_models_round_trip_through_text() {
         }
     }
     assert!(failures.is_empty(), "{} of {} models failed:\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+    eprintln!("{} node-suite models round-tripped, {structural} also checked structurally", cases.len());
     // Most node tests have no initializers and no NaN, so most get the structural check too.
-    assert!(structural > 1500, "only {structural} models were checked for structural equality");
+    assert!(structural > 1800, "only {structural} models were checked for structural equality");
 }
