@@ -41,6 +41,7 @@ pub mod infer;
 pub mod op;
 pub mod shape;
 pub mod tensor;
+pub mod text;
 pub mod verify;
 pub mod weights;
 
@@ -54,5 +55,6 @@ pub use infer::{Fact, InferError, InferStats, SymTensor, infer_node, infer_node_
 pub use op::{BinaryOp, Op, Opaque, Reduce, ReduceKind, UnaryOp, VariadicOp};
 pub use shape::{Dim, Shape, TensorType, Type};
 pub use tensor::{Array, Element, Tensor, TensorData};
+pub use text::{ParseError, parse, parse_with_weights, print};
 pub use verify::{VerifyError, verify};
 pub use weights::{MappedFile, Weight, WeightData, WeightId, WeightStore};
