@@ -916,6 +916,33 @@ mod tests {
         assert!(g.structurally_equal(&before));
     }
 
+    /// Derived dims survive the IR text format, and inference on the parsed
+    /// graph recognises them (nothing changes).
+    #[test]
+    fn derived_dims_round_trip_through_text() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", t(DType::F32, &["batch", "seq", "8"]));
+        let y = g.add_input("y", t(DType::F32, &["n", "1", "8"]));
+        let a = g.add_op(Op::Binary(BinaryOp::Add), &[x, y], Type::Unknown);
+        let s = g.add_constant("starts", Tensor::from_vec(&[1], vec![1i64]));
+        let e = g.add_constant("ends", Tensor::from_vec(&[1], vec![i64::MAX]));
+        let ax = g.add_constant("axes", Tensor::from_vec(&[1], vec![1i64]));
+        let st = g.add_constant("steps", Tensor::from_vec(&[1], vec![2i64]));
+        let sl = g.add_op(Op::Slice, &[a, s, e, ax, st], Type::Unknown);
+        let shape = g.add_constant("shape", Tensor::from_vec(&[2], vec![-1i64, 8]));
+        let r = g.add_op(Op::Reshape(crate::op::Reshape { allowzero: false }), &[sl, shape], Type::Unknown);
+        g.add_output("r", r);
+        run(&mut g);
+        assert_eq!(ty_of(&g, a), "f32[\"bcast(batch, n)\", seq, 8]");
+        // x[1::2] along seq: ceil((seq-1)/2) elements, none when seq is 0.
+        assert_eq!(ty_of(&g, sl), "f32[\"bcast(batch, n)\", \"(max(0, seq-1)+1)//2\", 8]");
+        let text = crate::text::print(&g);
+        let mut back = crate::text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(back.structurally_equal(&g), "{text}");
+        assert_eq!(run(&mut back).changed, 0);
+        assert_eq!(crate::text::print(&back), text);
+    }
+
     #[test]
     fn small_weights_are_known_values() {
         let mut g = Graph::new("g");
