@@ -139,7 +139,7 @@ fn reduce(r: &Reduce, inputs: &[Option<Value>]) -> Result<Tensor, EvalError> {
         Ok(Tensor::from(plan.fold(a, |g| T::from_f64(fold_real(k, g)))?))
     }
     match_real!(x.data(), a => real(&plan, a, k),
-    _ => match_int!(x.data(), a => Ok(Tensor::from(plan.fold(a, |g| fold_int(k, g)).and_then(|o| collect_results(o))?)),
+    _ => match_int!(x.data(), a => Ok(Tensor::from(plan.fold(a, |g| fold_int(k, g)).and_then(collect_results)?)),
         _ => match x.data() {
             TensorData::Bool(a) if matches!(k, ReduceKind::Max | ReduceKind::Min) => {
                 let all = k == ReduceKind::Min;
