@@ -204,11 +204,13 @@ fn fold_int<T: Int>(k: ReduceKind, g: &[T]) -> Result<T, EvalError> {
     let trunc = |v: f64| T::from_i128_wrapping(if v.is_nan() { 0 } else { v.trunc() as i128 });
     Ok(match k {
         ReduceKind::Sum => wsum(&mut g.iter().copied()),
+        // The sum wraps in T; the division by the count (which need not fit
+        // in T) truncates, as numpy's mean with an integer dtype does.
         ReduceKind::Mean => {
-            let n = T::from_i128_wrapping(g.len() as i128);
-            wsum(&mut g.iter().copied())
-                .checked_div_trunc(n)
-                .ok_or_else(|| EvalError::new("ReduceMean of an empty integer set is undefined"))?
+            if g.is_empty() {
+                return Err(EvalError::new("ReduceMean of an empty integer set is undefined"));
+            }
+            T::from_i128_wrapping(wsum(&mut g.iter().copied()).to_i128() / g.len() as i128)
         }
         ReduceKind::Max => g.iter().copied().fold(T::MIN, Ord::max),
         ReduceKind::Min => g.iter().copied().fold(T::MAX, Ord::min),

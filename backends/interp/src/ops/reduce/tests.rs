@@ -110,6 +110,12 @@ fn integer_and_bool_reductions() {
     assert_eq!(vals::<i32>(&reduce(ReduceKind::Max, &x, Some(vec![0]), false)), vec![1, 5, 3]);
     assert_eq!(vals::<i32>(&reduce(ReduceKind::L1, &x, None, false)), vec![21]);
     assert_eq!(vals::<i32>(&reduce(ReduceKind::L2, &x, None, false)), vec![9]); // sqrt(91) = 9.54
+    // The sum wraps in the type but the count does not (numpy:
+    // np.mean(np.ones(300, uint8), dtype=uint8) = 44 // 300 = 0).
+    let y = reduce(ReduceKind::Mean, &t(&[300], vec![1u8; 300]), None, false);
+    assert_eq!(vals::<u8>(&y), vec![0]);
+    let y = reduce(ReduceKind::Mean, &t(&[200], vec![-1i64; 200]), None, false);
+    assert_eq!(vals::<i64>(&y), vec![-1]);
     let y = reduce(ReduceKind::Prod, &t(&[2], vec![200u8, 2]), None, false);
     assert_eq!(vals::<u8>(&y), vec![144]);
     // test_reduce_max_bool_inputs / test_reduce_min_bool_inputs.
