@@ -2,8 +2,9 @@
 //! `CumSum`/`CumProd`, `Softmax`/`LogSoftmax`/`Hardmax` and `TopK`.
 //!
 //! Float types accumulate in `f64` (sums compensated) and round once to the
-//! input type, which is at least as accurate as ONNX's reference; integer
-//! types wrap on overflow like numpy does. NaN propagates through `Max` and
+//! input type, which is at least as accurate as ONNX's reference (16-bit
+//! `Softmax`/`LogSoftmax` are the exception, see `softmax.rs`); integer types
+//! wrap on overflow like numpy does. NaN propagates through `Max` and
 //! `Min` and wins `ArgMax`/`ArgMin` (numpy's behaviour).
 
 mod scan;
