@@ -126,7 +126,9 @@ impl Mask {
             return Err(EvalError::new(format!("attn_mask must have rank 1 to 4, got shape {:?}", t.shape())));
         }
         let (values, pad): (Vec<f64>, f64) = match t.data() {
-            TensorData::Bool(a) => (a.iter().map(|&m| if m { 0.0 } else { f64::NEG_INFINITY }).collect(), f64::NEG_INFINITY),
+            TensorData::Bool(a) => {
+                (a.iter().map(|&m| if m { 0.0 } else { f64::NEG_INFINITY }).collect(), f64::NEG_INFINITY)
+            }
             _ if is_real_float(t.dtype()) => {
                 let f = Floats::read(t, "attn_mask")?;
                 (f.data.into_iter().map(|v| round_to(q_dtype, v)).collect(), f64::NEG_INFINITY)
@@ -270,10 +272,7 @@ pub(crate) fn attention(a: &Attention, inputs: &[Option<Value>], num_outputs: us
         Some(t) => {
             let n = t.to_i64_vec().ok_or_else(|| EvalError::new("nonpad_kv_seqlen must be an integer tensor"))?;
             if n.len() != batch {
-                return Err(EvalError::new(format!(
-                    "nonpad_kv_seqlen has {} entries for a batch of {batch}",
-                    n.len()
-                )));
+                return Err(EvalError::new(format!("nonpad_kv_seqlen has {} entries for a batch of {batch}", n.len())));
             }
             Some(n)
         }
@@ -446,28 +445,35 @@ pub(crate) fn rotary_embedding(a: &RotaryEmbedding, inputs: &[Option<Value>]) ->
         )));
     }
     // Element (b, s, h, d) of the input, whatever its layout.
-    let (batch, seq, heads, head, x_index): (usize, usize, usize, usize, Box<dyn Fn(usize, usize, usize, usize) -> usize>) =
-        match x.shape.as_slice() {
-            &[b, h, s, d] => (b, s, h, d, Box::new(move |bi, si, hi, di| ((bi * h + hi) * s + si) * d + di)),
-            &[b, s, hidden] => {
-                let n = a
-                    .num_heads
-                    .ok_or_else(|| EvalError::new("num_heads is required for a 3-D input"))
-                    .and_then(|n| to_usize(n, "num_heads"))?;
-                if n == 0 || hidden % n != 0 {
-                    return Err(EvalError::new(format!("hidden size {hidden} is not a multiple of num_heads {n}")));
-                }
-                let d = hidden / n;
-                (b, s, n, d, Box::new(move |bi, si, hi, di| (bi * s + si) * hidden + hi * d + di))
+    let (batch, seq, heads, head, x_index): (
+        usize,
+        usize,
+        usize,
+        usize,
+        Box<dyn Fn(usize, usize, usize, usize) -> usize>,
+    ) = match x.shape.as_slice() {
+        &[b, h, s, d] => (b, s, h, d, Box::new(move |bi, si, hi, di| ((bi * h + hi) * s + si) * d + di)),
+        &[b, s, hidden] => {
+            let n = a
+                .num_heads
+                .ok_or_else(|| EvalError::new("num_heads is required for a 3-D input"))
+                .and_then(|n| to_usize(n, "num_heads"))?;
+            if n == 0 || hidden % n != 0 {
+                return Err(EvalError::new(format!("hidden size {hidden} is not a multiple of num_heads {n}")));
             }
-            s => return Err(EvalError::new(format!("X must be 3-D or 4-D, got shape {s:?}"))),
-        };
+            let d = hidden / n;
+            (b, s, n, d, Box::new(move |bi, si, hi, di| (bi * s + si) * hidden + hi * d + di))
+        }
+        s => return Err(EvalError::new(format!("X must be 3-D or 4-D, got shape {s:?}"))),
+    };
     let rot = match a.rotary_embedding_dim {
         0 => head,
         r => to_usize(r, "rotary_embedding_dim")?,
     };
     if rot > head || rot % 2 != 0 {
-        return Err(EvalError::new(format!("rotary_embedding_dim {rot} must be even and at most the head size {head}")));
+        return Err(EvalError::new(format!(
+            "rotary_embedding_dim {rot} must be even and at most the head size {head}"
+        )));
     }
     let half = rot / 2;
     // The cache row for (b, s): looked up by position id, or given per token.
@@ -481,10 +487,7 @@ pub(crate) fn rotary_embedding(a: &RotaryEmbedding, inputs: &[Option<Value>]) ->
                 )));
             }
             let [rows, width] = cos.shape[..] else {
-                return Err(EvalError::new(format!(
-                    "with position_ids the caches must be 2-D, got {:?}",
-                    cos.shape
-                )));
+                return Err(EvalError::new(format!("with position_ids the caches must be 2-D, got {:?}", cos.shape)));
             };
             if width != half {
                 return Err(EvalError::new(format!(
@@ -574,9 +577,7 @@ pub(crate) fn linear_attention(a: &LinearAttention, inputs: &[Option<Value>]) ->
         "delta" => (false, true),
         "gated_delta" => (true, true),
         r => {
-            return Err(EvalError::new(format!(
-                "update_rule '{r}' is not one of linear, gated, delta, gated_delta"
-            )));
+            return Err(EvalError::new(format!("update_rule '{r}' is not one of linear, gated, delta, gated_delta")));
         }
     };
     let hq = to_usize(a.q_num_heads, "q_num_heads")?;
@@ -635,7 +636,10 @@ pub(crate) fn linear_attention(a: &LinearAttention, inputs: &[Option<Value>]) ->
         Some(bt) => {
             let f = Floats::read(bt, "beta")?;
             if f.rank() != 3 || f.shape[..2] != [b, t] || (f.shape[2] != hkv && f.shape[2] != 1) {
-                return Err(EvalError::new(format!("beta must have shape [{b}, {t}, {hkv}] or [{b}, {t}, 1], got {:?}", f.shape)));
+                return Err(EvalError::new(format!(
+                    "beta must have shape [{b}, {t}, {hkv}] or [{b}, {t}, 1], got {:?}",
+                    f.shape
+                )));
             }
             Some(f)
         }
@@ -783,7 +787,7 @@ pub(crate) fn causal_conv_with_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::extra::testutil::{assert_close, f32s, run1, run_n};
+    use crate::ops::extra::testutil::{assert_close, f32s, run_n, run1};
     use sharc_ir::Op;
 
     fn t(shape: &[usize], v: Vec<f64>) -> Option<Value> {
@@ -950,15 +954,30 @@ mod tests {
 
     #[test]
     fn rotary_embedding_interleaved_partial_3d() {
-        let op = Op::RotaryEmbedding(RotaryEmbedding { interleaved: true, num_heads: Some(2), rotary_embedding_dim: 2 });
+        let op =
+            Op::RotaryEmbedding(RotaryEmbedding { interleaved: true, num_heads: Some(2), rotary_embedding_dim: 2 });
         let x = vec![
             -0.3, -0.1219, 0.0562, 0.2343, 0.4124, 0.5905, -0.2314, -0.0533, 0.1248, 0.3029, 0.481, 0.6591, -0.1628,
             0.0153, 0.1934, 0.3715,
         ];
         let inputs = vec![t(&[1, 2, 8], x), t(&[1, 2, 1], vec![0.4, 0.811]), t(&[1, 2, 1], vec![-0.4, 0.559])];
         let want = [
-            -0.16876, 0.07124001, 0.0562, 0.2343, 0.40116, 0.07123999, -0.2314, -0.0533, -0.06810829, 0.3154151, 0.481,
-            0.6591, -0.1405835, -0.0785969, 0.1934, 0.3715,
+            -0.16876,
+            0.07124001,
+            0.0562,
+            0.2343,
+            0.40116,
+            0.07123999,
+            -0.2314,
+            -0.0533,
+            -0.06810829,
+            0.3154151,
+            0.481,
+            0.6591,
+            -0.1405835,
+            -0.0785969,
+            0.1934,
+            0.3715,
         ];
         assert_close(&run1(&op, inputs), &[1, 2, 8], &want, 1e-6);
     }
@@ -993,7 +1012,8 @@ mod tests {
         assert_close(&out[0], &[1, 2, 4], &y, 1e-6);
         assert_close(&out[1], &[1, 1, 2, 2], &[-0.05228594, 0.3300262, 0.1640467, 0.1405744], 1e-6);
         let out = run_n(&la("linear", 0.5), vec![q.clone(), k.clone(), v.clone()], 2);
-        let y = [-0.02643875, 0.001934436, -0.00090825, 6.645359e-05, -0.006893062, -0.01221272, 0.01372979, 0.03627492];
+        let y =
+            [-0.02643875, 0.001934436, -0.00090825, 6.645359e-05, -0.006893062, -0.01221272, 0.01372979, 0.03627492];
         assert_close(&out[0], &[1, 2, 4], &y, 1e-6);
         assert_close(&out[1], &[1, 1, 2, 2], &[-0.008631244, 0.1872431, -0.1088369, 0.0253519], 1e-6);
         // The gated rules need a decay input.

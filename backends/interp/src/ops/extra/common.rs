@@ -164,7 +164,8 @@ pub(crate) fn outputs(ts: Vec<Tensor>) -> Result<Vec<Value>, EvalError> {
 
 /// Reads a scalar (or one-element) integer input.
 pub(crate) fn scalar_i64(t: &Tensor, what: &str) -> Result<i64, EvalError> {
-    let v = t.to_i64_vec().ok_or_else(|| EvalError::new(format!("{what} must be an integer tensor, got {}", t.dtype())))?;
+    let v =
+        t.to_i64_vec().ok_or_else(|| EvalError::new(format!("{what} must be an integer tensor, got {}", t.dtype())))?;
     match v.as_slice() {
         [x] => Ok(*x),
         _ => Err(EvalError::new(format!("{what} must hold one value, got shape {:?}", t.shape()))),
@@ -173,7 +174,8 @@ pub(crate) fn scalar_i64(t: &Tensor, what: &str) -> Result<i64, EvalError> {
 
 /// Reads a scalar (or one-element) real input as `f64`.
 pub(crate) fn scalar_f64(t: &Tensor, what: &str) -> Result<f64, EvalError> {
-    let v = t.to_f64_vec().ok_or_else(|| EvalError::new(format!("{what} must be a numeric tensor, got {}", t.dtype())))?;
+    let v =
+        t.to_f64_vec().ok_or_else(|| EvalError::new(format!("{what} must be a numeric tensor, got {}", t.dtype())))?;
     match v.as_slice() {
         [x] => Ok(*x),
         _ => Err(EvalError::new(format!("{what} must hold one value, got shape {:?}", t.shape()))),

@@ -7,8 +7,8 @@ mod attention;
 mod common;
 mod detection;
 mod loss;
-mod signal;
 mod rnn;
+mod signal;
 #[cfg(test)]
 mod testutil;
 
