@@ -342,6 +342,20 @@ pub(crate) fn pads_attr(v: &Option<Vec<i64>>, n: usize) -> Result<(Vec<usize>, V
     }
 }
 
+/// The span of a dilated kernel, `(k - 1) · d + 1`, for a kernel size of at
+/// least 1; an error when attribute values make it overflow.
+pub(crate) fn kernel_span(k: usize, d: usize) -> Result<usize, EvalError> {
+    k.checked_sub(1)
+        .and_then(|k| k.checked_mul(d))
+        .and_then(|v| v.checked_add(1))
+        .ok_or_else(|| EvalError::new(format!("kernel size {k} with dilation {d} is empty or overflows")))
+}
+
+/// `v` or an error saying that a size computed from `what` overflows.
+pub(crate) fn no_overflow(v: Option<usize>, what: &str) -> Result<usize, EvalError> {
+    v.ok_or_else(|| EvalError::new(format!("{what} overflows")))
+}
+
 /// Splits the total padding `SAME_UPPER` / `SAME_LOWER` needs into (begin,
 /// end): the odd pixel goes at the end for upper, at the beginning for lower.
 pub(crate) fn split_same(total: usize, upper: bool) -> (usize, usize) {
