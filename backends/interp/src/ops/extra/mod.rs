@@ -1,9 +1,41 @@
-//! Family `extra` of the interpreter's ops.
+//! Family `extra` of the interpreter's ops: attention and its companions,
+//! recurrent layers, losses, signal processing, detection, strings, random
+//! generators, and the `ai.onnx.ml` / `ai.onnx.preview.training` ops the
+//! ONNX node suite exercises.
+
+mod attention;
+mod common;
+mod detection;
+mod loss;
+mod signal;
+mod rnn;
+#[cfg(test)]
+mod testutil;
 
 use super::{OpContext, OpResult};
 use sharc_ir::{Op, Value};
 
 /// Runs the op if it belongs to this family.
-pub fn run(_op: &Op, _inputs: &[Option<Value>], _cx: &OpContext) -> OpResult {
-    None
+pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
+    Some(match op {
+        Op::Attention(a) => attention::attention(a, inputs, cx.num_outputs),
+        Op::RotaryEmbedding(a) => attention::rotary_embedding(a, inputs),
+        Op::SwiGLU(a) => attention::swiglu(a, inputs),
+        Op::LinearAttention(a) => attention::linear_attention(a, inputs),
+        Op::CausalConvWithState(a) => attention::causal_conv_with_state(a, inputs),
+        Op::RNN(a) => rnn::recurrent(rnn::Cell::Rnn, a, inputs, cx.num_outputs),
+        Op::GRU(a) => rnn::recurrent(rnn::Cell::Gru, a, inputs, cx.num_outputs),
+        Op::LSTM(a) => rnn::recurrent(rnn::Cell::Lstm, a, inputs, cx.num_outputs),
+        Op::NegativeLogLikelihoodLoss(a) => loss::nll_loss(a, inputs),
+        Op::SoftmaxCrossEntropyLoss(a) => loss::softmax_cross_entropy(a, inputs, cx.num_outputs),
+        Op::DFT(a) => signal::dft_op(a, inputs),
+        Op::STFT(a) => signal::stft(a, inputs),
+        Op::HannWindow(a) => signal::window_op(signal::WindowKind::Hann, a, inputs),
+        Op::HammingWindow(a) => signal::window_op(signal::WindowKind::Hamming, a, inputs),
+        Op::BlackmanWindow(a) => signal::window_op(signal::WindowKind::Blackman, a, inputs),
+        Op::MelWeightMatrix(a) => signal::mel_weight_matrix(a, inputs),
+        Op::RoiAlign(a) => detection::roi_align(a, inputs),
+        Op::NonMaxSuppression(a) => detection::non_max_suppression(a, inputs),
+        _ => return None,
+    })
 }
