@@ -12,7 +12,6 @@
 
 mod conv;
 mod linalg;
-pub(crate) mod narrow;
 mod norm;
 mod pool;
 mod quant;
