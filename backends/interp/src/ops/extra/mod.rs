@@ -8,6 +8,7 @@ mod common;
 mod detection;
 mod loss;
 mod signal;
+mod strings;
 mod rnn;
 #[cfg(test)]
 mod testutil;
@@ -36,6 +37,11 @@ pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
         Op::MelWeightMatrix(a) => signal::mel_weight_matrix(a, inputs),
         Op::RoiAlign(a) => detection::roi_align(a, inputs),
         Op::NonMaxSuppression(a) => detection::non_max_suppression(a, inputs),
+        Op::StringConcat => strings::string_concat(inputs),
+        Op::StringSplit(a) => strings::string_split(a, inputs),
+        Op::StringNormalizer(a) => strings::string_normalizer(a, inputs),
+        Op::RegexFullMatch(a) => strings::regex_full_match(a, inputs),
+        Op::TfIdfVectorizer(a) => strings::tfidf_vectorizer(a, inputs),
         _ => return None,
     })
 }
