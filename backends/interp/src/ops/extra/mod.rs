@@ -7,6 +7,7 @@ mod attention;
 mod common;
 mod detection;
 mod loss;
+mod random;
 mod signal;
 mod strings;
 mod rnn;
@@ -42,6 +43,12 @@ pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
         Op::StringNormalizer(a) => strings::string_normalizer(a, inputs),
         Op::RegexFullMatch(a) => strings::regex_full_match(a, inputs),
         Op::TfIdfVectorizer(a) => strings::tfidf_vectorizer(a, inputs),
+        Op::RandomUniform(a) => random::random_uniform(a),
+        Op::RandomNormal(a) => random::random_normal(a),
+        Op::RandomUniformLike(a) => random::random_uniform_like(a, inputs),
+        Op::RandomNormalLike(a) => random::random_normal_like(a, inputs),
+        Op::Bernoulli(a) => random::bernoulli(a, inputs),
+        Op::Multinomial(a) => random::multinomial(a, inputs),
         _ => return None,
     })
 }
