@@ -3,11 +3,16 @@
 use crate::{DType, attr_struct, string_enum};
 
 string_enum! {
-    /// How `Cast` rounds when narrowing to a float8/float4 type.
+    /// How `Cast` rounds when narrowing to `float8e8m0` (the only type the
+    /// attribute applies to).
     pub enum RoundMode {
+        /// Away from zero: any fraction bumps the exponent.
         Up = "up",
+        /// Toward zero: the fraction is dropped.
         Down = "down",
-        ToNearestEven = "nearest_even",
+        /// To the nearest power of two, ties away from zero. ONNX spells it
+        /// `nearest`; the variant name predates that spelling and is kept.
+        ToNearestEven = "nearest",
     }
 }
 

@@ -1,0 +1,10 @@
+//! # sharc-passes
+//!
+//! Passes transform a [`sharc_ir::Graph`]. This crate holds the [`Pass`]
+//! trait and, as they land, the pass manager, the registry and pipeline
+//! syntax, the standard passes, equality-saturation rewriting and the
+//! parameter-sharing passes.
+
+mod pass;
+
+pub use pass::{Pass, PassContext, PassError, PassOutcome};
