@@ -7,12 +7,14 @@ mod attention;
 mod common;
 mod detection;
 mod loss;
+mod ml;
 mod random;
+mod rnn;
 mod signal;
 mod strings;
-mod rnn;
 #[cfg(test)]
 mod testutil;
+mod training;
 
 use super::{OpContext, OpResult};
 use sharc_ir::{Op, Value};
@@ -49,6 +51,11 @@ pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
         Op::RandomNormalLike(a) => random::random_normal_like(a, inputs),
         Op::Bernoulli(a) => random::bernoulli(a, inputs),
         Op::Multinomial(a) => random::multinomial(a, inputs),
+        Op::Opaque(o) if o.domain == "ai.onnx.ml" => return ml::run(o, inputs),
+        Op::Opaque(o) if o.domain == "ai.onnx.preview" && o.op_type == "FlexAttention" => {
+            attention::flex_attention(o, inputs)
+        }
+        Op::Opaque(o) if o.domain == "ai.onnx.preview.training" => return training::run(o, inputs),
         _ => return None,
     })
 }

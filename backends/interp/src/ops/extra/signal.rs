@@ -97,9 +97,9 @@ pub(crate) fn dft_op(a: &Dft, inputs: &[Option<Value>]) -> Result<Vec<Value>, Ev
     for o in 0..outer {
         for i in 0..inner {
             sig.iter_mut().for_each(|v| *v = (0.0, 0.0));
-            for t in 0..in_len.min(len) {
+            for (t, v) in sig.iter_mut().enumerate().take(in_len.min(len)) {
                 let base = ((o * len + t) * inner + i) * comps;
-                sig[t] = (x.data[base], if comps == 2 { x.data[base + 1] } else { 0.0 });
+                *v = (x.data[base], if comps == 2 { x.data[base + 1] } else { 0.0 });
             }
             if a.inverse && a.onesided {
                 // Rebuild the Hermitian spectrum; the real part of its inverse
@@ -298,10 +298,29 @@ mod tests {
     #[test]
     fn dft_complex_forward_and_inverse() {
         let x = vec![-0.4, -0.0849, 0.2302, 0.5453, -0.1396, 0.1755, 0.4906, -0.1943, 0.1208, 0.4359];
-        let y = [0.302, 0.8775, -0.2540914, 0.4998937, -0.862897, -1.548177, -0.288103, -0.2208575, -0.8969086, -0.03285969];
+        let y = [
+            0.302,
+            0.8775,
+            -0.2540914,
+            0.4998937,
+            -0.862897,
+            -1.548177,
+            -0.288103,
+            -0.2208575,
+            -0.8969086,
+            -0.03285969,
+        ];
         assert_close(&run1(&dft(false, false), vec![t(&[1, 5, 2], x.clone())]), &[1, 5, 2], &y, 1e-6);
         let inv = [
-            0.06040001, 0.1755, -0.1793817, -0.006571934, -0.0576206, -0.0441715, -0.1725794, -0.3096353, -0.05081829,
+            0.06040001,
+            0.1755,
+            -0.1793817,
+            -0.006571934,
+            -0.0576206,
+            -0.0441715,
+            -0.1725794,
+            -0.3096353,
+            -0.05081829,
             0.09997874,
         ];
         assert_close(&run1(&dft(true, false), vec![t(&[1, 5, 2], x)]), &[1, 5, 2], &inv, 1e-6);
@@ -335,8 +354,24 @@ mod tests {
         let op = Op::STFT(Stft { onesided: true });
         let y = run1(&op, vec![t(&[1, 10, 1], s.clone()), i(3), t(&[4], vec![0.5, 1.0, 0.25, 0.75])]);
         let want = [
-            -0.010125, 0.0, -0.27365, -0.178375, -0.04257501, 0.0, 0.469625, 0.0, -0.225675, -0.22635, -0.234475, 0.0,
-            0.699375, 0.0, 0.0723, -0.274325, -0.676375, 0.0,
+            -0.010125,
+            0.0,
+            -0.27365,
+            -0.178375,
+            -0.04257501,
+            0.0,
+            0.469625,
+            0.0,
+            -0.225675,
+            -0.22635,
+            -0.234475,
+            0.0,
+            0.699375,
+            0.0,
+            0.0723,
+            -0.274325,
+            -0.676375,
+            0.0,
         ];
         assert_close(&y, &[1, 3, 3, 2], &want, 1e-6);
         let e = run(&op, &[t(&[1, 10, 1], s), i(3), t(&[4], vec![1.0; 4]), i(5)], &cx(1)).unwrap().unwrap_err();

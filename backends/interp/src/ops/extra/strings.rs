@@ -176,7 +176,9 @@ pub(crate) fn tfidf_vectorizer(a: &TfIdfVectorizer, inputs: &[Option<Value>]) ->
             .into_iter()
             .map(Token::Int)
             .collect(),
-        (_, true) => return Err(EvalError::new(format!("X must be a string tensor for pool_strings, got {}", x_t.dtype()))),
+        (_, true) => {
+            return Err(EvalError::new(format!("X must be a string tensor for pool_strings, got {}", x_t.dtype())));
+        }
     };
     let (rows, cols, out_shape_rows) = match x_t.shape() {
         [] => (1, 1, None),
@@ -214,7 +216,11 @@ pub(crate) fn tfidf_vectorizer(a: &TfIdfVectorizer, inputs: &[Option<Value>]) ->
         let n = k + 1;
         let end = a.ngram_counts.get(k + 1).map_or(pool.len() as i64, |&e| e);
         if start < 0 || end < start || end as usize > pool.len() {
-            return Err(EvalError::new(format!("ngram_counts {:?} do not fit a pool of {}", a.ngram_counts, pool.len())));
+            return Err(EvalError::new(format!(
+                "ngram_counts {:?} do not fit a pool of {}",
+                a.ngram_counts,
+                pool.len()
+            )));
         }
         let (start, end) = (start as usize, end as usize);
         let count = (end - start) / n;
@@ -283,7 +289,7 @@ pub(crate) fn tfidf_vectorizer(a: &TfIdfVectorizer, inputs: &[Option<Value>]) ->
 mod tests {
     use super::*;
     use crate::ops::extra::run;
-    use crate::ops::extra::testutil::{assert_close, cx, run1, run_n};
+    use crate::ops::extra::testutil::{assert_close, cx, run_n, run1};
     use sharc_ir::Op;
 
     fn st(shape: &[usize], v: &[&str]) -> Option<Value> {
