@@ -1,1 +1,26 @@
-//! sharc
+//! # sharc
+//!
+//! A compiler for ONNX models: import a model into a typed graph IR, transform
+//! it with passes (including parameter-sharing passes that shrink trained
+//! models), and run or export the result.
+//!
+//! This crate is the facade: it re-exports the IR ([`ir`]), the ONNX frontend
+//! ([`onnx`]) and the reference interpreter ([`interp`]), adds model loading
+//! and saving by file extension ([`model`]) and safetensors data files
+//! ([`data`]), and hosts the `sharc` command-line tool.
+//!
+//! ```no_run
+//! let g = sharc::model::load(std::path::Path::new("model.onnx"))?;
+//! println!("{}", g.stats());
+//! # Ok::<(), sharc::Error>(())
+//! ```
+
+pub mod data;
+mod error;
+pub mod io;
+pub mod model;
+
+pub use error::Error;
+pub use sharc_interp as interp;
+pub use sharc_ir as ir;
+pub use sharc_onnx as onnx;

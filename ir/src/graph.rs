@@ -537,9 +537,12 @@ impl Graph {
     }
 
     /// Structural equality: same inputs, outputs, nodes (in topological
-    /// order), edges, weights and captures. Node ids may differ.
+    /// order), edges, weights and captures. Node ids may differ, and so may
+    /// the point at which input and capture nodes were created (a frontend
+    /// adds a capture when a body first uses an outer value; the text parser
+    /// adds them first).
     pub fn structurally_equal(&self, other: &Graph) -> bool {
-        let (Ok(a), Ok(b)) = (self.topo_order(), other.topo_order()) else {
+        let (Ok(a), Ok(b)) = (self.canonical_order(), other.canonical_order()) else {
             return false;
         };
         if a.len() != b.len()
@@ -578,6 +581,16 @@ impl Graph {
             && self.outputs.iter().zip(&other.outputs).all(|(o, p)| {
                 o.name == p.name && pos_a[&o.value.node] == pos_b[&p.value.node] && o.value.port == p.value.port
             })
+    }
+
+    /// Inputs, then captures, then every other node in topological order.
+    fn canonical_order(&self) -> Result<Vec<NodeId>, GraphError> {
+        let topo = self.topo_order()?;
+        let mut order: Vec<NodeId> =
+            self.inputs.iter().chain(&self.captures).copied().filter(|n| self.dag.contains_node(*n)).collect();
+        let listed: HashSet<NodeId> = order.iter().copied().collect();
+        order.extend(topo.into_iter().filter(|n| !listed.contains(n)));
+        Ok(order)
     }
 
     // ----- statistics -----
@@ -703,6 +716,26 @@ mod tests {
         h.outputs_mut()[0].name = "other".into();
         assert!(!g.structurally_equal(&h));
         let _ = Shape::scalar();
+    }
+
+    #[test]
+    fn creation_order_of_inputs_does_not_matter() {
+        let build = |input_first: bool| {
+            let mut g = Graph::new("g");
+            let mut x = None;
+            if input_first {
+                x = Some(g.add_input("x", Type::Unknown));
+            }
+            let c = g.add_constant("c", Tensor::scalar(1.0f32));
+            let x = x.unwrap_or_else(|| g.add_input("x", Type::Unknown));
+            let y = g.add_op(Op::Binary(BinaryOp::Add), &[x, c], Type::Unknown);
+            g.add_output("y", y);
+            g
+        };
+        assert!(build(true).structurally_equal(&build(false)));
+        let mut other = build(false);
+        other.add_input("z", Type::Unknown);
+        assert!(!build(true).structurally_equal(&other));
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`DType`], [`Shape`], [`Dim`], [`Type`]: types with symbolic dims.
 //! - [`Tensor`]: dense run-time data.
 //! - [`verify()`]: structural invariants.
+//! - [`infer_shapes`]: shape and type inference for every op, with symbolic
+//!   dims kept symbolic and shape computations tracked by value.
 //! - [`Evaluator`]: the interface every backend implements.
 //!
 //! A small graph built by hand:
@@ -35,9 +37,11 @@ pub mod attr;
 pub mod dtype;
 pub mod eval;
 pub mod graph;
+pub mod infer;
 pub mod op;
 pub mod shape;
 pub mod tensor;
+pub mod text;
 pub mod verify;
 pub mod weights;
 
@@ -47,8 +51,10 @@ pub use eval::{EvalError, Evaluator, Value};
 pub use graph::{
     Edge, Graph, GraphError, GraphOutput, GraphStats, Metadata, Node, NodeId, Subgraph, ValueInfo, ValueRef,
 };
+pub use infer::{Fact, InferError, InferStats, SymTensor, infer_node, infer_node_facts, infer_shapes};
 pub use op::{BinaryOp, Op, Opaque, Reduce, ReduceKind, UnaryOp, VariadicOp};
 pub use shape::{Dim, Shape, TensorType, Type};
 pub use tensor::{Array, Element, Tensor, TensorData};
+pub use text::{ParseError, parse, parse_with_weights, print};
 pub use verify::{VerifyError, verify};
 pub use weights::{MappedFile, Weight, WeightData, WeightId, WeightStore};

@@ -37,6 +37,11 @@ pub(crate) fn shape_of(dims: &[i64]) -> Result<(Vec<usize>, usize), String> {
         n = n.checked_mul(d).ok_or_else(|| format!("shape {dims:?} has more elements than memory can hold"))?;
         shape.push(d);
     }
+    // Byte sizes (up to 128 bits per element) must be computable without
+    // overflow further down.
+    if n > usize::MAX / 128 {
+        return Err(format!("shape {dims:?} has more elements than memory can hold"));
+    }
     Ok((shape, n))
 }
 
@@ -212,6 +217,9 @@ pub fn tensor_to_proto(t: &Tensor, name: &str) -> TensorProto {
     p
 }
 
+/// The largest dense tensor a sparse one may expand to (1 GiB).
+const MAX_DENSIFIED_BYTES: usize = 1 << 30;
+
 /// Turns a sparse tensor into a dense one (zeros, or empty strings, where no
 /// value is given).
 pub(crate) fn densify(sp: &SparseTensorProto, mut ext: Option<&mut ExternalData>) -> Result<Tensor, String> {
@@ -220,6 +228,16 @@ pub(crate) fn densify(sp: &SparseTensorProto, mut ext: Option<&mut ExternalData>
     let vals = decode_tensor(values, ext.as_deref_mut()).map_err(|m| format!("sparse values {m}"))?;
     let idx = decode_tensor(indices, ext).map_err(|m| format!("sparse indices {m}"))?;
     let (shape, n) = shape_of(&sp.dims)?;
+    // A sparse tensor is a handful of bytes that can describe an enormous
+    // dense one; refuse to materialise more than this.
+    let dense_bytes = n.saturating_mul(vals.dtype().bit_width().unwrap_or(128)) / 8;
+    if dense_bytes > MAX_DENSIFIED_BYTES {
+        return Err(format!(
+            "is a sparse tensor of shape {:?} whose dense form would take {dense_bytes} bytes, more than the {} sharc \
+             materialises; store it densely",
+            sp.dims, MAX_DENSIFIED_BYTES
+        ));
+    }
     if vals.rank() != 1 {
         return Err(format!("sparse values must be 1-D, found shape {:?}", vals.shape()));
     }

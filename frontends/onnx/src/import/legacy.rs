@@ -8,42 +8,11 @@
 //! What cannot be translated faithfully is an error naming the node, never a
 //! silent change of meaning.
 //!
-//! | op (opset) | rewrite |
-//! | --- | --- |
-//! | every op (< 7) | `consumed_inputs` dropped (it was a memory hint) |
-//! | Add, Sub, Mul, Div, Pow, And, Or, Xor, Equal, Greater, Less (< 7) | `broadcast`/`axis` → numpy broadcasting, unsqueezing B when `axis` is not the suffix position |
-//! | Gemm (< 7) | `broadcast` dropped (C broadcasts since opset 7) |
-//! | PRelu (< 7) | per-channel 1-D slope unsqueezed to broadcast against N,C,... |
-//! | Concat (< 4) | missing `axis` → 1 (the old default) |
-//! | Softmax, LogSoftmax, Hardmax (< 13) | coerce-to-2D semantics: kept when the axis is the last one, else Flatten → op → Reshape(Shape(x)) |
-//! | BatchNormalization (< 14) | `spatial`, `is_test` dropped; `spatial=0` and used training outputs rejected |
-//! | Dropout (< 12) | `ratio` → input, `is_test` dropped; opset < 10 float mask → CastLike of the bool mask |
-//! | Cast (< 6) | `to` as a type name → type code |
-//! | Clip (< 11) | `min`/`max` → inputs of the input's type |
-//! | Pad (< 11) | `pads`/`paddings`, `value` → inputs |
-//! | Slice (< 10) | `starts`/`ends`/`axes` → inputs |
-//! | TopK (< 10) | `k` → input |
-//! | Split (< 13) | `split` → input; (< 18) without split sizes → `num_outputs` = number of outputs |
-//! | Squeeze, Unsqueeze (< 13) | `axes` → input |
-//! | Reduce* (< 18; ReduceSum < 13) | `axes` → input |
-//! | Reshape (< 5) | `shape` → input |
-//! | Tile (< 6) | `tiles`/`axis` inputs → `repeats` (constant-folded when possible) |
-//! | Upsample (all) | → Resize with asymmetric coordinates (and floor rounding for nearest) |
-//! | Resize (< 11) | empty `roi` input added; asymmetric coordinates, floor rounding for nearest |
-//! | Scatter (all) | → ScatterElements |
-//! | LpPool, GlobalLpPool (< 2) | float `p` → int |
-//! | RNN, GRU, LSTM (< 7) | `output_sequence` dropped (the outputs say what is wanted) |
-//! | GridSample (< 20) | modes `bilinear`/`bicubic` → `linear`/`cubic` |
-//! | DFT (< 20) | `axis` attribute (default 1) → input |
-//! | Scan (< 9) | batched Scan → a Scan over the batch whose body runs the unbatched Scan |
+//! The list of rewrites is in the crate documentation.
 
 use super::{Emitter, NodeIn};
 use sharc_ir::op::{Flatten, Reshape, Scan, ShapeOf};
 use sharc_ir::{Attr, Attrs, DType, Graph, Op, Subgraph, Tensor, Type, ValueInfo, ValueRef};
-
-/// The newest opset whose definitions sharc knows. Models of newer opsets
-/// are imported as if they used this one.
-pub(crate) const LATEST_KNOWN_OPSET: i64 = 28;
 
 type Outputs = Vec<Option<ValueRef>>;
 
@@ -197,6 +166,10 @@ pub(super) fn normalize(em: &mut Emitter, n: &mut NodeIn) -> Result<Option<Outpu
             set_input(n, 2, a);
         }
         "Scan" if v < 9 => return scan_v8(em, n).map(Some),
+        "GroupNormalization" if v < 21 => group_norm_v18(em, n)?,
+        "RoiAlign" if v < 16 => {
+            n.attrs.insert("coordinate_transformation_mode".into(), Attr::String("output_half_pixel".into()));
+        }
         _ => {}
     }
     Ok(None)
@@ -526,6 +499,31 @@ fn upsample(em: &mut Emitter, n: &mut NodeIn) -> Result<(), String> {
     Ok(())
 }
 
+/// Opset 18 GroupNormalization had one scale and bias per group; since
+/// opset 21 they are per channel, so each group's value is repeated C/G times.
+fn group_norm_v18(em: &mut Emitter, n: &mut NodeIn) -> Result<(), String> {
+    let groups = match n.attrs.get("num_groups") {
+        Some(Attr::Int(g)) if *g > 0 => *g,
+        _ => return Err("GroupNormalization needs a positive 'num_groups'".to_string()),
+    };
+    let x = input(n, 0, "X")?;
+    let channels = em.op(Op::Shape(ShapeOf { start: 1, end: Some(2) }), &[Some(x)], "channels");
+    let g = em.ints("groups", &[groups]);
+    let per_group = em.op(Op::Binary(sharc_ir::BinaryOp::Div), &[Some(channels), Some(g)], "per_group");
+    let mut cat = Attrs::new();
+    cat.insert("axis".into(), Attr::Int(0));
+    let grid = em.op(typed("Concat", cat)?, &[Some(g), Some(per_group)], "group_grid");
+    let one = em.ints("axes", &[1]);
+    for port in [1, 2] {
+        let v = input(n, port, if port == 1 { "scale" } else { "bias" })?;
+        let col = em.op(Op::Unsqueeze, &[Some(v), Some(one)], "per_group_col");
+        let grid_v = em.op(Op::Expand, &[Some(col), Some(grid)], "per_channel_grid");
+        let flat = em.op(Op::Reshape(Reshape { allowzero: false }), &[Some(grid_v), Some(channels)], "per_channel");
+        n.inputs[port] = Some(flat);
+    }
+    Ok(())
+}
+
 /// Opset 8 Scan has a leading batch dim on every input and output. It is
 /// the same as an opset-9 Scan over the batch (every input is a scan input,
 /// every output a scan output) whose body runs the original, unbatched scan.
@@ -542,8 +540,10 @@ fn scan_v8(em: &mut Emitter, n: &mut NodeIn) -> Result<Outputs, String> {
     if let Some(k) = n.attrs.keys().next() {
         return Err(format!("unknown attribute '{k}' for an opset-8 Scan"));
     }
-    let rest: Vec<ValueRef> = n.inputs[1..]
+    let rest: Vec<ValueRef> = n
+        .inputs
         .iter()
+        .skip(1)
         .map(|v| v.ok_or("opset-8 Scan inputs after sequence_lens may not be empty"))
         .collect::<Result<_, _>>()?;
     if num_scan < 1 || num_scan as usize > rest.len() {

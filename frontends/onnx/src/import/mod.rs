@@ -22,11 +22,13 @@ use crate::types::{SymbolGen, collect_dim_params, type_from_proto};
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::{AttributeProto, GraphProto, Message, ModelProto, NodeProto, TensorProto};
 use sharc_ir::{
-    Attr, Attrs, DType, Graph, Metadata, NodeId, Op, Opaque, Subgraph, Tensor, Type, ValueInfo, ValueRef, Weight,
+    Attr, Attrs, DType, Graph, MappedFile, Metadata, NodeId, Op, Opaque, Subgraph, Tensor, Type, ValueInfo, ValueRef,
+    Weight,
 };
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Key under which serialized model-local functions are kept in
 /// [`Metadata::preserved`], one entry per function, in model order.
@@ -36,7 +38,7 @@ pub const PRESERVED_TRAINING_INFO: &str = "onnx.training_info";
 
 /// Imports an ONNX model file. External data is looked up next to it.
 ///
-/// The result has passed [`sharc_ir::verify`]. Old opsets are normalised to
+/// The result has passed [`sharc_ir::verify()`]. Old opsets are normalised to
 /// the forms of recent ones; ops that sharc does not model (and every op of
 /// another domain) become [`Op::Opaque`] with their attributes kept.
 pub fn import_file(path: impl AsRef<Path>) -> Result<Graph, OnnxError> {
@@ -48,22 +50,51 @@ pub fn import_file(path: impl AsRef<Path>) -> Result<Graph, OnnxError> {
     if len == 0 {
         return Err(OnnxError::decode(&name, "model", "the file is empty"));
     }
-    // SAFETY: read-only mapping, dropped before this function returns (the
-    // protobuf decoder copies what it keeps).
+    // SAFETY: read-only mapping. As with every memory-mapped model loader,
+    // the file must not be truncated while the graph uses its weights.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| OnnxError::io(path, "cannot map the model", e))?;
-    import_impl(&map, Some(base), name)
+    let mapped = Arc::new(MappedFile { path: path.to_path_buf(), map });
+    // Large weights stay in the mapped file: decode a copy of the model
+    // without them, and point the weights at their bytes.
+    match crate::scan::strip_initializer_data(&mapped.map, MIN_MAPPED_BYTES) {
+        Some(stripped) => {
+            let inline = InlineData { file: mapped.clone(), ranges: stripped.raw_ranges };
+            import_impl(&stripped.bytes, Some(base), name, Some(inline))
+        }
+        None => import_impl(&mapped.map, Some(base), name, None),
+    }
+}
+
+/// Initializer payloads of at least this many bytes are not copied out of
+/// a model file but mapped.
+const MIN_MAPPED_BYTES: usize = 1024;
+
+/// Where the stripped `raw_data` of the main graph's initializers is.
+struct InlineData {
+    file: Arc<MappedFile>,
+    ranges: Vec<Option<(usize, usize)>>,
 }
 
 /// Imports a model from bytes. `base_dir` is the folder that external data
 /// locations are relative to; without it, a model that uses external data
 /// is rejected with an error.
 pub fn import_bytes(bytes: &[u8], base_dir: Option<&Path>) -> Result<Graph, OnnxError> {
-    import_impl(bytes, base_dir, "<memory>".to_string())
+    import_impl(bytes, base_dir, "<memory>".to_string(), None)
 }
 
-fn import_impl(bytes: &[u8], base_dir: Option<&Path>, file: String) -> Result<Graph, OnnxError> {
+fn import_impl(
+    bytes: &[u8],
+    base_dir: Option<&Path>,
+    file: String,
+    inline: Option<InlineData>,
+) -> Result<Graph, OnnxError> {
     let model = ModelProto::parse_from_bytes(bytes).map_err(|e| OnnxError::decode(&file, "model", e))?;
     let graph_proto = model.graph.as_ref().ok_or_else(|| OnnxError::model(&file, "the model has no graph"))?;
+    if let Some(i) = &inline
+        && i.ranges.len() != graph_proto.initializer.len()
+    {
+        return Err(OnnxError::model(&file, "the initializer list could not be located in the file"));
+    }
 
     let mut opsets: HashMap<String, i64> = HashMap::new();
     for o in &model.opset_import {
@@ -84,6 +115,7 @@ fn import_impl(bytes: &[u8], base_dir: Option<&Path>, file: String) -> Result<Gr
     let mut imp = Importer {
         file: file.clone(),
         ext: ExternalData::new(base_dir),
+        inline,
         opsets,
         default_opset,
         syms: SymbolGen::avoiding(params),
@@ -184,6 +216,8 @@ pub(crate) struct NodeIn {
 struct Importer {
     file: String,
     ext: ExternalData,
+    /// Main-graph initializer payloads left in the mapped model file.
+    inline: Option<InlineData>,
     opsets: HashMap<String, i64>,
     default_opset: i64,
     syms: SymbolGen,
@@ -343,8 +377,10 @@ impl Importer {
         }
 
         // Initializers: weights in the main graph, constants in bodies.
-        for t in &gp.initializer {
-            let value = self.initializer(&mut scope, t, top)?;
+        for (i, t) in gp.initializer.iter().enumerate() {
+            let inline =
+                if top { self.inline.as_ref().and_then(|d| d.ranges[i].map(|r| (d.file.clone(), r))) } else { None };
+            let value = self.initializer(&mut scope, t, top, inline)?;
             scope.names.insert(t.name.clone(), value);
         }
         for sp in &gp.sparse_initializer {
@@ -383,9 +419,31 @@ impl Importer {
         Ok(scope.graph)
     }
 
-    fn initializer(&mut self, scope: &mut Scope, t: &TensorProto, top: bool) -> Result<ValueRef, OnnxError> {
+    fn initializer(
+        &mut self,
+        scope: &mut Scope,
+        t: &TensorProto,
+        top: bool,
+        inline: Option<(Arc<MappedFile>, (usize, usize))>,
+    ) -> Result<ValueRef, OnnxError> {
         if t.name.is_empty() {
             return Err(self.model_err(format!("{}: an initializer has no name", scope.label)));
+        }
+        if let (Some((file, (offset, len))), false) = (inline, ExternalData::is_external(t)) {
+            // The raw bytes were left in the mapped model file.
+            let terr = |m: String| OnnxError::tensor(&self.file, &t.name, m);
+            let dtype = crate::tensor::dtype_from_code(t.data_type).map_err(terr)?;
+            if dtype == DType::String {
+                return Err(terr(
+                    "is a string tensor stored in raw_data; ONNX requires string_data for strings".into(),
+                ));
+            }
+            if t.segment.is_some() {
+                return Err(terr("is stored in segments, which sharc does not support".into()));
+            }
+            let (shape, _) = shape_of(&t.dims).map_err(terr)?;
+            let w = Weight::mapped(t.name.clone(), dtype, shape, file, offset, len).map_err(terr)?;
+            return self.add_weight(scope, w);
         }
         if top && ExternalData::is_external(t) {
             // Large weights stay in the mapped file: no copy at import time.
@@ -848,7 +906,8 @@ impl Emitter<'_> {
     ) -> Result<Vec<Option<ValueRef>>, String> {
         let count =
             if keep_all { outputs.len() } else { outputs.iter().rposition(|o| !o.is_empty()).map_or(0, |i| i + 1) };
-        if count == 0 {
+        if count == 0 && !matches!(op, Op::Opaque(_)) {
+            // Only ops sharc does not know may exist for their side effects.
             return Err("the node has no outputs".to_string());
         }
         let hint = op.op_type().to_lowercase();

@@ -48,3 +48,59 @@ pub fn have_python_onnx() -> bool {
     }
     ok
 }
+
+/// Runs onnx's full checker on each model; returns `(path, reason)` for the
+/// ones that fail.
+pub fn check_models(paths: &[PathBuf]) -> Vec<(PathBuf, String)> {
+    use std::io::Write;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_models.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for p in paths {
+            writeln!(stdin, "{}", p.display()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the checker script failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut seen = 0;
+    let mut failures = Vec::new();
+    for line in text.lines() {
+        seen += 1;
+        if let Some(rest) = line.strip_prefix("FAIL ") {
+            let (p, why) = rest.split_once('\t').unwrap_or((rest, ""));
+            failures.push((PathBuf::from(p), why.to_string()));
+        }
+    }
+    assert_eq!(seen, paths.len(), "the checker did not answer for every model");
+    failures
+}
+
+/// True when a graph (or a body) holds a NaN in a constant or attribute
+/// tensor: NaN != NaN, so such graphs never compare structurally equal to
+/// themselves.
+pub fn has_nan(g: &sharc_ir::Graph) -> bool {
+    fn t_nan(t: &sharc_ir::Tensor) -> bool {
+        t.to_f64_vec().is_some_and(|v| v.iter().any(|x| x.is_nan()))
+    }
+    g.node_ids().any(|id| {
+        let op = &g.node(id).op;
+        let in_attrs = match op {
+            sharc_ir::Op::Constant(t) => t_nan(t),
+            _ => op.attrs().values().any(|a| match a {
+                sharc_ir::Attr::Tensor(t) => t_nan(t),
+                sharc_ir::Attr::Tensors(ts) => ts.iter().any(t_nan),
+                sharc_ir::Attr::Float(f) => f.is_nan(),
+                sharc_ir::Attr::Floats(fs) => fs.iter().any(|f| f.is_nan()),
+                _ => false,
+            }),
+        };
+        in_attrs || op.subgraphs().iter().any(|b| has_nan(b))
+    })
+}

@@ -1,0 +1,186 @@
+//! `sharc run`: run a model on inputs from a file (or generated ones).
+
+use sharc::Error;
+use sharc::data::{TensorFile, read_safetensors, write_safetensors};
+use sharc::ir::{DType, Dim, Evaluator, Graph, Tensor, Type, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `sharc run`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model (.onnx or .sharc).
+    model: PathBuf,
+    /// Inputs as a safetensors file whose tensor names are the graph's input names.
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// Without --inputs: values for symbolic dims, e.g. `batch=1,seq=8`.
+    #[arg(long, value_delimiter = ',')]
+    shape: Vec<String>,
+    /// Without --inputs: fill generated inputs with ones or zeros.
+    #[arg(long, default_value = "ones", value_parser = ["ones", "zeros"])]
+    fill: String,
+    /// Where to write the outputs (safetensors, keyed by graph output names).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Reference outputs (safetensors keyed by output name): print the max
+    /// absolute difference of each output and fail if any exceeds --tolerance.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    /// The largest absolute difference --expect accepts.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
+    /// Which backend runs the model.
+    #[arg(long, default_value = "interp", value_parser = ["interp"])]
+    backend: String,
+}
+
+pub fn run(a: Args) -> Result<(), Error> {
+    let g = sharc::model::load(&a.model)?;
+    let inputs = match &a.inputs {
+        Some(p) => inputs_from_file(&g, p)?,
+        None => generated_inputs(&g, &parse_shape(&a.shape)?, a.fill == "ones")?,
+    };
+    let evaluator = sharc::interp::Interpreter::new();
+    let start = std::time::Instant::now();
+    let outputs = evaluator.evaluate(&g, &inputs).map_err(|e| Error::Eval { model: a.model.clone(), source: e })?;
+    let elapsed = start.elapsed();
+    let mut file = TensorFile::default();
+    for (o, v) in g.outputs().iter().zip(outputs) {
+        match v {
+            Value::Tensor(t) => {
+                println!("{}: {}", o.name, summary(&t));
+                file.tensors.insert(o.name.clone(), t);
+            }
+            other => println!("{}: {} (not written)", o.name, other.describe()),
+        }
+    }
+    eprintln!("ran in {:.1} ms on {}", elapsed.as_secs_f64() * 1e3, evaluator.name());
+    if let Some(out) = &a.output {
+        write_safetensors(out, &file)?;
+    }
+    if let Some(reference) = &a.expect {
+        compare(&file, reference, a.tolerance)?;
+    }
+    Ok(())
+}
+
+/// Compares outputs with reference tensors of the same names.
+fn compare(got: &TensorFile, reference: &PathBuf, tolerance: f64) -> Result<(), Error> {
+    let want = read_safetensors(reference)?;
+    let mut worst = 0.0f64;
+    for (name, t) in &got.tensors {
+        let w = want.get(name, reference)?;
+        if w.shape() != t.shape() {
+            return Err(Error::Data {
+                path: reference.clone(),
+                message: format!("'{name}' has shape {:?} but the model produced {:?}", w.shape(), t.shape()),
+            });
+        }
+        let (Some(a), Some(b)) = (t.to_f64_vec(), w.to_f64_vec()) else {
+            println!("{name}: not numeric, compared for equality: {}", if t == w { "equal" } else { "DIFFERENT" });
+            continue;
+        };
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        println!("{name}: max abs difference vs {} = {diff:.3e}", reference.display());
+        worst = worst.max(diff);
+    }
+    if worst > tolerance {
+        return Err(Error::Usage(format!(
+            "outputs differ from the reference by {worst:.3e} > --tolerance {tolerance:e}"
+        )));
+    }
+    Ok(())
+}
+
+fn summary(t: &Tensor) -> String {
+    match t.to_f64_vec() {
+        Some(v) if !v.is_empty() => {
+            let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            format!("{}{:?} min {min:.6} max {max:.6} mean {mean:.6}", t.dtype(), t.shape())
+        }
+        _ => format!("{}{:?}", t.dtype(), t.shape()),
+    }
+}
+
+fn inputs_from_file(g: &Graph, path: &PathBuf) -> Result<Vec<Value>, Error> {
+    let file = read_safetensors(path)?;
+    g.input_values()
+        .iter()
+        .map(|&v| {
+            let name = &g.value_info(v).name;
+            let t = file.get(name, path)?;
+            if let Some(d) = g.value_type(v).dtype()
+                && d != t.dtype()
+            {
+                return Err(Error::Data {
+                    path: path.clone(),
+                    message: format!("input '{name}' must be {d}, the file has {}", t.dtype()),
+                });
+            }
+            Ok(Value::Tensor(t.clone()))
+        })
+        .collect()
+}
+
+fn parse_shape(items: &[String]) -> Result<BTreeMap<String, usize>, Error> {
+    items
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| Error::Usage(format!("--shape expects sym=value pairs like batch=1, got '{s}'")))?;
+            let n = v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| Error::Usage(format!("--shape: '{v}' is not a size (in '{s}')")))?;
+            Ok((k.trim().to_string(), n))
+        })
+        .collect()
+}
+
+fn generated_inputs(g: &Graph, dims: &BTreeMap<String, usize>, ones: bool) -> Result<Vec<Value>, Error> {
+    g.input_values()
+        .iter()
+        .map(|&v| {
+            let vi = g.value_info(v);
+            let Type::Tensor(tt) = &vi.ty else {
+                return Err(Error::Usage(format!("input '{}' is a {}; give it with --inputs", vi.name, vi.ty)));
+            };
+            let shape = tt
+                .shape
+                .as_ref()
+                .ok_or_else(|| Error::Usage(format!("input '{}' has unknown rank; give it with --inputs", vi.name)))?;
+            let concrete: Vec<usize> = shape
+                .dims()
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => Ok(*n as usize),
+                    Dim::Sym(s) => dims.get(s).copied().ok_or_else(|| {
+                        Error::Usage(format!("input '{}' has symbolic dim '{s}': give it with --shape {s}=N", vi.name))
+                    }),
+                })
+                .collect::<Result<_, _>>()?;
+            let zeros = Tensor::zeros(tt.dtype, &concrete);
+            Ok(Value::Tensor(if ones { fill_ones(&zeros) } else { zeros }))
+        })
+        .collect()
+}
+
+fn fill_ones(t: &Tensor) -> Tensor {
+    let n = t.len();
+    let s = t.shape();
+    match t.dtype() {
+        DType::F32 => Tensor::from_vec(s, vec![1.0f32; n]),
+        DType::F64 => Tensor::from_vec(s, vec![1.0f64; n]),
+        DType::I64 => Tensor::from_vec(s, vec![1i64; n]),
+        DType::I32 => Tensor::from_vec(s, vec![1i32; n]),
+        DType::Bool => Tensor::from_vec(s, vec![true; n]),
+        DType::U8 => Tensor::from_vec(s, vec![1u8; n]),
+        DType::I8 => Tensor::from_vec(s, vec![1i8; n]),
+        _ => t.clone(),
+    }
+}
