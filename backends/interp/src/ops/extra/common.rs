@@ -185,6 +185,17 @@ pub(crate) fn gather_flat(t: &Tensor, idx: &[usize], shape: &[usize]) -> Result<
     pick(&[t], &picks, shape)
 }
 
+/// The element count of a shape taken from attributes or input values,
+/// or an error when it does not fit in memory's address space.
+pub(crate) fn checked_len(shape: &[usize]) -> Result<usize, EvalError> {
+    // Buffers hold up to 16-byte elements and may not exceed isize::MAX bytes.
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize / 16)
+        .ok_or_else(|| EvalError::new(format!("shape {shape:?} has too many elements")))
+}
+
 /// Wraps tensors as op outputs.
 pub(crate) fn outputs(ts: Vec<Tensor>) -> Result<Vec<Value>, EvalError> {
     Ok(ts.into_iter().map(Value::Tensor).collect())
@@ -233,5 +244,7 @@ mod tests {
         assert!(Floats::read(&Tensor::from_vec(&[1], vec![1i64]), "x").is_err());
         assert!(float_tensor(DType::F32, &[3], vec![1.0]).is_err());
         assert_eq!(numeric_tensor(DType::I32, &[2], vec![1.7, -1.7]).unwrap(), Tensor::from_vec(&[2], vec![1i32, -1]));
+        assert_eq!(checked_len(&[2, 3, 0]).unwrap(), 0);
+        assert!(checked_len(&[1 << 40, 1 << 40]).is_err());
     }
 }

@@ -10,7 +10,7 @@
 //! seed from the standard library's per-process random hash keys and a call
 //! counter, so repeated runs differ as ONNX intends.
 
-use super::common::{Floats, float_tensor, int_tensor, numeric_tensor, outputs, to_usize};
+use super::common::{Floats, checked_len, float_tensor, int_tensor, numeric_tensor, outputs, to_usize};
 use crate::util::tensor_arg;
 use sharc_ir::op::{Bernoulli, Multinomial, RandomNormal, RandomNormalLike, RandomUniform, RandomUniformLike};
 use sharc_ir::{DType, EvalError, Value};
@@ -91,7 +91,7 @@ fn uniform(dtype: DType, shape: &[usize], low: f32, high: f32, seed: Option<f32>
         return Err(EvalError::new(format!("high ({high}) must not be below low ({low})")));
     }
     let mut rng = Rng::for_seed(seed);
-    let n: usize = shape.iter().product();
+    let n = checked_len(shape)?;
     let (low, span) = (low as f64, high as f64 - low as f64);
     let data = (0..n).map(|_| low + span * rng.uniform()).collect();
     outputs(vec![float_tensor(dtype, shape, data)?])
@@ -100,7 +100,7 @@ fn uniform(dtype: DType, shape: &[usize], low: f32, high: f32, seed: Option<f32>
 /// Runs `RandomNormal` / `RandomNormalLike`: `mean + scale * N(0, 1)`.
 fn normal(dtype: DType, shape: &[usize], mean: f32, scale: f32, seed: Option<f32>) -> Result<Vec<Value>, EvalError> {
     let mut rng = Rng::for_seed(seed);
-    let n: usize = shape.iter().product();
+    let n = checked_len(shape)?;
     let data = (0..n).map(|_| mean as f64 + scale as f64 * rng.normal()).collect();
     outputs(vec![float_tensor(dtype, shape, data)?])
 }
