@@ -1,6 +1,6 @@
 //! Attention and the ops that surround it in transformer blocks:
-//! `Attention`, `RotaryEmbedding`, `SwiGLU`, `LinearAttention` and
-//! `CausalConvWithState`.
+//! `Attention`, `RotaryEmbedding`, `SwiGLU`, `LinearAttention`,
+//! `CausalConvWithState` and `ai.onnx.preview.FlexAttention`.
 //!
 //! `Attention` follows opset 25: 3-D or 4-D inputs, grouped KV heads, boolean
 //! or additive masks (shorter masks padded with "masked"), offset-aware causal
@@ -13,9 +13,10 @@
 //! specification instead of an idealised exact answer.
 
 use super::common::{Floats, float_tensor, is_real_float, outputs, round_all, round_to, sum_in, to_usize};
+use super::ml::AttrView;
 use crate::util::{opt_tensor_arg, tensor_arg};
 use sharc_ir::op::{Attention, CausalConvWithState, LinearAttention, RotaryEmbedding, SwiGlu};
-use sharc_ir::{DType, EvalError, Tensor, TensorData, Value};
+use sharc_ir::{Attr, DType, EvalError, Opaque, Subgraph, Tensor, TensorData, Value};
 
 /// The maximum of a slice, NaN if any element is NaN (as numpy's `max`).
 fn nan_max(v: impl IntoIterator<Item = f64>) -> f64 {
@@ -146,7 +147,7 @@ impl Mask {
             )));
         }
         // A shorter mask is padded with "masked" up to the total length.
-        let rows = values.len() / last.max(1);
+        let rows: usize = shape[..3].iter().product();
         let mut data = Vec::with_capacity(rows * kv_len);
         for r in 0..rows {
             data.extend_from_slice(&values[r * last..(r + 1) * last]);
@@ -445,14 +446,9 @@ pub(crate) fn rotary_embedding(a: &RotaryEmbedding, inputs: &[Option<Value>]) ->
         )));
     }
     // Element (b, s, h, d) of the input, whatever its layout.
-    let (batch, seq, heads, head, x_index): (
-        usize,
-        usize,
-        usize,
-        usize,
-        Box<dyn Fn(usize, usize, usize, usize) -> usize>,
-    ) = match x.shape.as_slice() {
-        &[b, h, s, d] => (b, s, h, d, Box::new(move |bi, si, hi, di| ((bi * h + hi) * s + si) * d + di)),
+    // The input as (batch, seq, heads, head) with strides for each, whatever its layout.
+    let (batch, seq, heads, head, st): (usize, usize, usize, usize, [usize; 4]) = match x.shape.as_slice() {
+        &[b, h, s, d] => (b, s, h, d, [h * s * d, d, s * d, 1]),
         &[b, s, hidden] => {
             let n = a
                 .num_heads
@@ -462,10 +458,11 @@ pub(crate) fn rotary_embedding(a: &RotaryEmbedding, inputs: &[Option<Value>]) ->
                 return Err(EvalError::new(format!("hidden size {hidden} is not a multiple of num_heads {n}")));
             }
             let d = hidden / n;
-            (b, s, n, d, Box::new(move |bi, si, hi, di| (bi * s + si) * hidden + hi * d + di))
+            (b, s, n, d, [s * hidden, hidden, d, 1])
         }
         s => return Err(EvalError::new(format!("X must be 3-D or 4-D, got shape {s:?}"))),
     };
+    let x_index = |b: usize, s: usize, h: usize, d: usize| b * st[0] + s * st[1] + h * st[2] + d * st[3];
     let rot = match a.rotary_embedding_dim {
         0 => head,
         r => to_usize(r, "rotary_embedding_dim")?,
@@ -616,7 +613,7 @@ pub(crate) fn linear_attention(a: &LinearAttention, inputs: &[Option<Value>]) ->
             k.shape, v.shape, q.shape
         )));
     }
-    // Lowers precision inputs are accumulated in f32, as the reference does.
+    // Lower-precision inputs are widened to f32, as the reference does.
     let f32r = |x: f64| x as f32 as f64;
     let decay = match decay_t {
         Some(dt) => {
@@ -767,13 +764,13 @@ pub(crate) fn causal_conv_with_state(
     let mut present = vec![0.0; batch * channels * carry];
     let mut padded = vec![0.0; padded_len];
     for b in 0..batch {
-        for c in 0..channels {
+        for (c, &bias_c) in bias.iter().enumerate() {
             let bc = b * channels + c;
             padded[..carry].copy_from_slice(&past[bc * carry..(bc + 1) * carry]);
             padded[carry..].copy_from_slice(&x.data[bc * len..(bc + 1) * len]);
             let kw = &w.data[c * kernel..(c + 1) * kernel];
             for t in 0..len {
-                let acc: f64 = kw.iter().zip(&padded[t..t + kernel]).map(|(a, b)| a * b).sum::<f64>() + bias[c];
+                let acc: f64 = kw.iter().zip(&padded[t..t + kernel]).map(|(a, b)| a * b).sum::<f64>() + bias_c;
                 let acc = round_to(dtype, acc);
                 out[bc * len + t] = if silu { acc * sigmoid(acc) } else { acc };
             }
@@ -782,6 +779,132 @@ pub(crate) fn causal_conv_with_state(
     }
     let state_dtype = past_t.map(|t| t.dtype()).unwrap_or(dtype);
     outputs(vec![float_tensor(dtype, &x.shape, out)?, float_tensor(state_dtype, &[batch, channels, carry], present)?])
+}
+
+/// Runs `ai.onnx.preview.FlexAttention`: scaled dot-product attention on
+/// 4-D inputs whose scores and probabilities may be rewritten by the
+/// `score_mod` and `prob_mod` body graphs. Values the bodies capture from
+/// the outer graph follow the three regular inputs (every body of the node
+/// has the same capture list).
+pub(crate) fn flex_attention(o: &Opaque, inputs: &[Option<Value>]) -> Result<Vec<Value>, EvalError> {
+    let body = |name: &str| -> Result<Option<&Subgraph>, EvalError> {
+        match o.attrs.get(name) {
+            None => Ok(None),
+            Some(Attr::Graph(g)) => Ok(Some(g)),
+            Some(a) => Err(EvalError::new(format!("attribute '{name}' must be a graph, found {}", a.kind()))),
+        }
+    };
+    let (score_mod, prob_mod) = (body("score_mod")?, body("prob_mod")?);
+    let captures = score_mod.or(prob_mod).map_or(0, |g| g.captures().len());
+    if inputs.len() < 3 + captures {
+        return Err(EvalError::new(format!(
+            "expected Q, K, V and {captures} captured values, got {} inputs",
+            inputs.len()
+        )));
+    }
+    let captured: Vec<Value> = inputs[inputs.len() - captures..]
+        .iter()
+        .map(|v| v.clone().ok_or_else(|| EvalError::new("a captured outer value is missing")))
+        .collect::<Result<_, _>>()?;
+    let q_t = tensor_arg(inputs, 0, "Q")?;
+    let k_t = tensor_arg(inputs, 1, "K")?;
+    let v_t = tensor_arg(inputs, 2, "V")?;
+    let dtype = q_t.dtype();
+    for t in [q_t, k_t, v_t] {
+        if t.rank() != 4 {
+            return Err(EvalError::new(format!("Q, K and V must be 4-D, got shape {:?}", t.shape())));
+        }
+    }
+    let q = Heads::from_floats(Floats::read(q_t, "Q")?, None, "Q")?;
+    let k = Heads::from_floats(Floats::read(k_t, "K")?, None, "K")?;
+    let v = Heads::from_floats(Floats::read(v_t, "V")?, None, "V")?;
+    let (b, hq, l, e) = (q.batch, q.heads, q.seq, q.size);
+    if k.batch != b || v.batch != b || k.size != e || k.heads != v.heads || k.seq != v.seq {
+        return Err(EvalError::new(format!(
+            "Q {:?}, K {:?} and V {:?} do not fit together",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        )));
+    }
+    let (hkv, s, ev) = (k.heads, k.seq, v.size);
+    if hkv == 0 || hq % hkv != 0 {
+        return Err(EvalError::new(format!("q heads {hq} must be a multiple of kv heads {hkv}")));
+    }
+    let view = AttrView(&o.attrs);
+    let scale = match o.attrs.get("scale") {
+        Some(_) => view.float("scale", 0.0)? as f64,
+        None => 1.0 / (e as f64).sqrt(),
+    };
+    let compute = match o.attrs.get("softmax_precision") {
+        Some(_) => match DType::from_onnx_code(view.int("softmax_precision", 1)? as i32) {
+            Some(d @ (DType::F32 | DType::F16 | DType::BF16 | DType::F64)) => d,
+            _ => return Err(EvalError::new("softmax_precision must be a float type code")),
+        },
+        None if dtype == DType::F64 => DType::F64,
+        None => DType::F32,
+    };
+    // sqrt(scale) is taken in f32 and cast to the input type.
+    let root = round_to(dtype, (scale as f32).sqrt() as f64);
+    let group = hq / hkv;
+    let mut scores = vec![0.0; b * hq * l * s];
+    for bi in 0..b {
+        for h in 0..hq {
+            for i in 0..l {
+                let qs: Vec<f64> = q.at(bi, h, i).iter().map(|&x| round_to(dtype, x * root)).collect();
+                for j in 0..s {
+                    let dot: f64 =
+                        k.at(bi, h / group, j).iter().zip(&qs).map(|(&kv, qv)| round_to(dtype, kv * root) * qv).sum();
+                    scores[((bi * hq + h) * l + i) * s + j] = round_to(compute, round_to(dtype, dot));
+                }
+            }
+        }
+    }
+    let shape = [b, hq, l, s];
+    let apply = |g: Option<&Subgraph>, data: Vec<f64>, what: &str| -> Result<Vec<f64>, EvalError> {
+        let Some(g) = g else { return Ok(data) };
+        let t = float_tensor(compute, &shape, data)?;
+        let out = crate::run_graph(g, &[Value::Tensor(t)], &captured)?;
+        match out.as_slice() {
+            [Value::Tensor(r)] if r.shape() == shape => {
+                let mut f = Floats::read(r, what)?.data;
+                round_all(compute, &mut f);
+                Ok(f)
+            }
+            _ => Err(EvalError::new(format!("{what} must return one tensor of shape {shape:?}"))),
+        }
+    };
+    let scores = apply(score_mod, scores, "score_mod")?;
+    let mut probs = vec![0.0; scores.len()];
+    for (row, out) in scores.chunks(s.max(1)).zip(probs.chunks_mut(s.max(1))) {
+        let m = nan_max(row.iter().copied());
+        for (p, &x) in out.iter_mut().zip(row) {
+            *p = round_to(compute, round_to(compute, x - m).exp());
+        }
+        let sum = sum_in(compute, out.iter().copied());
+        for p in out.iter_mut() {
+            *p = round_to(compute, *p / sum);
+        }
+    }
+    let probs = apply(prob_mod, probs, "prob_mod")?;
+    let mut y = vec![0.0; b * hq * l * ev];
+    for bi in 0..b {
+        for h in 0..hq {
+            for i in 0..l {
+                let p = &probs[((bi * hq + h) * l + i) * s..((bi * hq + h) * l + i + 1) * s];
+                let o = ((bi * hq + h) * l + i) * ev;
+                for (j, &pj) in p.iter().enumerate() {
+                    for (acc, &x) in y[o..o + ev].iter_mut().zip(v.at(bi, h / group, j)) {
+                        *acc += pj * round_to(compute, x);
+                    }
+                }
+                for acc in &mut y[o..o + ev] {
+                    *acc = round_to(compute, *acc);
+                }
+            }
+        }
+    }
+    outputs(vec![float_tensor(v_t.dtype(), &[b, hq, l, ev], y)?])
 }
 
 #[cfg(test)]
@@ -935,6 +1058,55 @@ mod tests {
 
     use crate::ops::extra::run;
     use crate::ops::extra::testutil::cx;
+
+    fn flex(attrs: Vec<(&str, Attr)>) -> Op {
+        Op::Opaque(Opaque {
+            domain: "ai.onnx.preview".into(),
+            op_type: "FlexAttention".into(),
+            attrs: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        })
+    }
+
+    fn flex_inputs() -> Vec<Option<Value>> {
+        vec![
+            t(&[1, 2, 2, 2], vec![-0.3, -0.0123, 0.2754, 0.5631, -0.1492, 0.1385, 0.4262, -0.2861]),
+            t(&[1, 1, 3, 2], vec![-0.3, 0.1521, 0.6042, 0.0563, 0.5084, -0.0395]),
+            t(&[1, 1, 3, 1], vec![-0.6, 0.0439, -0.3122]),
+        ]
+    }
+
+    // Expected values from onnx.reference; there the bias is a constant in
+    // the score_mod body, here it is captured from the outer graph.
+    #[test]
+    fn flex_attention_plain_and_with_modifiers() {
+        use sharc_ir::{Graph, Subgraph, Type, UnaryOp};
+        let y = run1(&flex(vec![]), flex_inputs());
+        assert_close(&y, &[1, 2, 2, 1], &[-0.3098057, -0.2747766, -0.3004652, -0.2606353], 1e-6);
+
+        let mut sm = Graph::new("score_mod");
+        let s = sm.add_input("s", Type::Unknown);
+        let b = sm.add_capture("bias", Type::Unknown);
+        let o = sm.add_op(Op::Binary(sharc_ir::BinaryOp::Add), &[s, b], Type::Unknown);
+        sm.add_output("o", o);
+        let mut pm = Graph::new("prob_mod");
+        let p = pm.add_input("p", Type::Unknown);
+        // Every body of a node lists the same captures.
+        pm.add_capture("bias", Type::Unknown);
+        let o = pm.add_op(Op::Unary(UnaryOp::Neg), &[p], Type::Unknown);
+        pm.add_output("o", o);
+        let op = flex(vec![
+            ("score_mod", Attr::Graph(Subgraph::new(sm))),
+            ("prob_mod", Attr::Graph(Subgraph::new(pm))),
+            ("scale", Attr::Float(0.5)),
+        ]);
+        let mut inputs = flex_inputs();
+        inputs.push(t(&[1, 1, 1, 3], vec![0.0, -1.0, 0.5]));
+        let y = run1(&op, inputs.clone());
+        assert_close(&y, &[1, 2, 2, 1], &[0.3744747, 0.3576927, 0.3700249, 0.3487821], 1e-6);
+        // Without the captured value the node is malformed.
+        inputs.pop();
+        assert!(run(&op, &inputs, &cx(1)).unwrap().is_err());
+    }
 
     #[test]
     fn rotary_embedding_with_position_ids() {
