@@ -143,7 +143,7 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 
 fn run_case(dir: &Path) -> (Status, String) {
     let case = dir.file_name().unwrap_or_default().to_string_lossy().to_string();
-    let g = match sharc::onnx::import_file(&dir.join("model.onnx")) {
+    let g = match sharc::onnx::import_file(dir.join("model.onnx")) {
         Ok(g) => g,
         Err(e) => return (Status::Fail, format!("import: {e}")),
     };
