@@ -59,9 +59,8 @@ impl std::fmt::Write for Stderr {
 pub fn run(a: Args) -> Result<(), Error> {
     let registry = Registry::with_standard_passes();
     // Check the pipeline before loading a large model.
-    let mut pm = PassManager::from_pipeline(&registry, &a.pipeline).map_err(|e| {
-        Error::Usage(format!("invalid pipeline (-p): {}", e.to_string().trim_start_matches("error: ")))
-    })?;
+    let mut pm = PassManager::from_pipeline(&registry, &a.pipeline)
+        .map_err(|e| Error::Usage(format!("invalid pipeline (-p): {}", e.to_string().trim_start_matches("error: "))))?;
     let ins = &mut pm.instrumentation;
     ins.verify = !a.no_verify;
     ins.time_passes = a.time_passes;
