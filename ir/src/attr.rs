@@ -416,6 +416,18 @@ impl fmt::Display for Attr {
     }
 }
 
+impl AttrValue for crate::Type {
+    fn from_attr(name: &str, a: &Attr) -> Result<Self, AttrError> {
+        match a {
+            Attr::Type(t) => Ok(t.clone()),
+            _ => Err(wrong(name, "type", a)),
+        }
+    }
+    fn to_attr(&self) -> Option<Attr> {
+        Some(Attr::Type(self.clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,17 +475,5 @@ mod tests {
         attrs.insert("axis".into(), Attr::String("x".into()));
         let e = Demo::read(&mut AttrReader::new(attrs)).unwrap_err();
         assert_eq!(e.to_string(), "attribute 'axis' should be int, found string");
-    }
-}
-
-impl AttrValue for crate::Type {
-    fn from_attr(name: &str, a: &Attr) -> Result<Self, AttrError> {
-        match a {
-            Attr::Type(t) => Ok(t.clone()),
-            _ => Err(wrong(name, "type", a)),
-        }
-    }
-    fn to_attr(&self) -> Option<Attr> {
-        Some(Attr::Type(self.clone()))
     }
 }

@@ -133,9 +133,10 @@ impl DType {
     }
 
     /// Bytes needed to store `n` elements densely (sub-byte types are packed,
-    /// low nibble first, as ONNX stores them). `None` for strings.
+    /// low nibble first, as ONNX stores them). `None` for strings, and when
+    /// the size does not fit in `usize` (a corrupt shape).
     pub fn storage_bytes(self, n: usize) -> Option<usize> {
-        self.bit_width().map(|bits| (n * bits).div_ceil(8))
+        self.bit_width().and_then(|bits| n.checked_mul(bits)).map(|b| b.div_ceil(8))
     }
 
     /// True for every floating-point type, including the narrow formats.

@@ -142,9 +142,26 @@ element!(bool, Bool);
 element!(String, String);
 
 /// A dense tensor of any [`DType`].
-#[derive(Clone, PartialEq)]
+///
+/// Equality is exact identity of contents: same dtype, shape and bits, so a
+/// NaN equals the same NaN and `-0.0` differs from `0.0`. That is what graph
+/// comparison and constant deduplication need; numeric comparisons with a
+/// tolerance belong in tests.
+#[derive(Clone)]
 pub struct Tensor {
     data: TensorData,
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        if self.dtype() != other.dtype() || self.shape() != other.shape() {
+            return false;
+        }
+        match (&self.data, &other.data) {
+            (TensorData::String(a), TensorData::String(b)) => a == b,
+            _ => self.to_le_bytes() == other.to_le_bytes(),
+        }
+    }
 }
 
 impl Tensor {
@@ -487,6 +504,14 @@ mod tests {
             assert_eq!(bytes.len(), d.storage_bytes(6).unwrap());
             assert_eq!(Tensor::from_le_bytes(d, &[2, 3], &bytes).unwrap(), t);
         }
+    }
+
+    #[test]
+    fn equality_is_bitwise() {
+        let nan = Tensor::from_vec(&[1], vec![f32::NAN]);
+        assert_eq!(nan, nan.clone());
+        assert_ne!(Tensor::scalar(0.0f32), Tensor::scalar(-0.0f32));
+        assert_ne!(Tensor::scalar(1.0f32), Tensor::scalar(1.0f64));
     }
 
     #[test]

@@ -64,15 +64,11 @@ fn verify_in(g: &Graph, path: &str) -> Result<(), VerifyError> {
             }
         }
         match &node.op {
-            Op::Weight(w) => {
-                if g.weights.get(*w).is_none() {
-                    return err(format!("node {} refers to weight {w}, which does not exist", node_label(g, id)));
-                }
+            Op::Weight(w) if g.weights.get(*w).is_none() => {
+                return err(format!("node {} refers to weight {w}, which does not exist", node_label(g, id)));
             }
-            Op::Input => {
-                if !g.inputs().contains(&id) && !g.captures().contains(&id) {
-                    return err(format!("input node {} is neither a graph input nor a capture", node_label(g, id)));
-                }
+            Op::Input if !g.inputs().contains(&id) && !g.captures().contains(&id) => {
+                return err(format!("input node {} is neither a graph input nor a capture", node_label(g, id)));
             }
             _ => {}
         }

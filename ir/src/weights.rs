@@ -91,8 +91,12 @@ impl Weight {
         len: usize,
     ) -> Result<Weight, String> {
         let name = name.into();
-        let n: usize = shape.iter().product();
-        let want = dtype.storage_bytes(n).ok_or_else(|| format!("weight '{name}': {dtype} cannot be mapped"))?;
+        let n = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| format!("weight '{name}': shape {shape:?} is too large"))?;
+        let want =
+            dtype.storage_bytes(n).ok_or_else(|| format!("weight '{name}': {dtype}{shape:?} cannot be mapped"))?;
         if want != len {
             return Err(format!("weight '{name}': {dtype}{shape:?} needs {want} bytes, the file gives {len}"));
         }

@@ -1,6 +1,6 @@
 //! The [`Pass`] trait and what a pass sees while it runs.
 
-use sharc_ir::{Evaluator, Graph};
+use sharc_ir::{Evaluator, Graph, Value};
 use std::collections::BTreeMap;
 
 /// A transformation of a graph.
@@ -40,6 +40,10 @@ pub struct PassContext<'a> {
     /// Runs graphs, for passes that need activations (calibration) or
     /// constant values. Passes that need one and find none fail clearly.
     pub evaluator: Option<&'a dyn Evaluator>,
+    /// Calibration data for passes that measure activations (CRaSh's layer
+    /// similarity, FoldGPT's block importance): batches of graph inputs, one
+    /// value per graph input, in input order.
+    pub calibration: Option<&'a [Vec<Value>]>,
     /// Counters a pass wants to report (`nodes-removed = 12`), by pass name.
     pub statistics: BTreeMap<String, BTreeMap<String, i64>>,
     /// Human-readable reports passes produce (compression reports), by pass name.

@@ -285,6 +285,8 @@ struct Exporter<'a> {
 }
 
 fn build_model(g: &Graph, file: &str, data: Option<&mut DataFile>) -> Result<ModelProto, OnnxError> {
+    // Export indexes values freely; a malformed graph must be an error here.
+    sharc_ir::verify(g).map_err(|e| OnnxError::export(file, format!("the graph is not well formed: {e}")))?;
     let mut ex = Exporter { file, data, reqs: Vec::new(), min_opset: 0, domains: BTreeMap::new() };
     let graph = ex.graph(g, &HashSet::new(), &[], true, &format!("graph '{}'", g.name))?;
 
@@ -357,7 +359,11 @@ fn build_model(g: &Graph, file: &str, data: Option<&mut DataFile>) -> Result<Mod
     for (key, bytes) in &meta.preserved {
         let bad = |e: protobuf::Error| OnnxError::export(file, format!("preserved '{key}' is corrupted: {e}"));
         match key.as_str() {
-            PRESERVED_FUNCTION => m.functions.push(FunctionProto::parse_from_bytes(bytes).map_err(bad)?),
+            PRESERVED_FUNCTION => {
+                let f = FunctionProto::parse_from_bytes(bytes).map_err(bad)?;
+                check_function_opset(&f, opset).map_err(|m| OnnxError::export(file, m))?;
+                m.functions.push(f);
+            }
             PRESERVED_TRAINING_INFO => m.training_info.push(TrainingInfoProto::parse_from_bytes(bytes).map_err(bad)?),
             // Data preserved by other frontends means nothing to ONNX.
             _ => {}
@@ -365,6 +371,31 @@ fn build_model(g: &Graph, file: &str, data: Option<&mut DataFile>) -> Result<Mod
     }
     m.graph = Some(graph).into();
     Ok(m)
+}
+
+/// A model-local function keeps its own opset imports, which ONNX requires to
+/// agree with the model's for every op the function uses: the op's
+/// definition must not change between the two versions. sharc does not
+/// rewrite function bodies, so a function that uses an op changed between
+/// its opset and the exported one cannot be written.
+fn check_function_opset(f: &FunctionProto, model_opset: i64) -> Result<(), String> {
+    let Some(fv) = f.opset_import.iter().find(|o| canonical_domain(&o.domain).is_empty()).map(|o| o.version) else {
+        return Ok(());
+    };
+    let (lo, hi) = (fv.min(model_opset), fv.max(model_opset));
+    for n in f.node.iter().filter(|n| canonical_domain(&n.domain).is_empty()) {
+        if let Some(s) = schema_at(&n.op_type, hi)
+            && s.since > lo
+        {
+            return Err(format!(
+                "local function '{}' uses {} from opset {fv}, whose definition changed in opset {}; the model is \
+                 written at opset {model_opset} and sharc does not rewrite function bodies; re-export the model with \
+                 opset {model_opset} or inline the function",
+                f.name, n.op_type, s.since
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn value_info(name: &str, ty: &Type) -> ValueInfoProto {
@@ -731,5 +762,104 @@ impl Exporter<'_> {
 
     fn note_tensor(&mut self, t: &Tensor) {
         self.note_dtype(t.dtype());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use sharc_ir::{Attrs, Dim, Op, Tensor, Weight};
+
+    fn opset_of(bytes: &[u8]) -> (i64, i64) {
+        let m = ModelProto::parse_from_bytes(bytes).unwrap();
+        (m.opset_import.iter().find(|o| o.domain.is_empty()).unwrap().version, m.ir_version)
+    }
+
+    fn one_op(op: Op, inputs: usize) -> Graph {
+        let mut g = Graph::new("g");
+        let ty = Type::tensor(DType::F32, vec![Dim::Fixed(2)]);
+        let ins: Vec<ValueRef> = (0..inputs).map(|i| g.add_input(format!("x{i}"), ty.clone())).collect();
+        let y = g.add_op(op, &ins, ty);
+        g.add_output("y", y);
+        g
+    }
+
+    #[test]
+    fn opset_is_the_smallest_that_accepts_every_node() {
+        let g = one_op(Op::MatMul, 2);
+        assert_eq!(opset_of(&export_bytes(&g, &ExportOptions::default()).unwrap()), (18, 8));
+        let gelu = Op::from_onnx_default_domain("Gelu", Attrs::new()).unwrap().unwrap();
+        assert_eq!(opset_of(&export_bytes(&one_op(gelu, 1), &ExportOptions::default()).unwrap()), (20, 9));
+        let attn = Op::from_onnx_default_domain("Attention", Attrs::new()).unwrap().unwrap();
+        assert_eq!(opset_of(&export_bytes(&one_op(attn.clone(), 3), &ExportOptions::default()).unwrap()), (23, 11));
+        // The seventh input (nonpad_kv_seqlen) arrived in opset 24.
+        assert_eq!(opset_of(&export_bytes(&one_op(attn, 7), &ExportOptions::default()).unwrap()), (24, 12));
+        let gn = Op::from_onnx_default_domain("GroupNormalization", {
+            let mut a = Attrs::new();
+            a.insert("num_groups".into(), Attr::Int(1));
+            a
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(opset_of(&export_bytes(&one_op(gn, 3), &ExportOptions::default()).unwrap()).0, 21);
+
+        // A float8 weight needs opset 19 (and so IR 9).
+        let mut g = one_op(Op::MatMul, 2);
+        let w = g.add_weight(Weight::from_tensor("w", Tensor::from_codes(DType::F8E4M3FN, &[2], vec![1, 2]).unwrap()));
+        g.add_output("w_out", w);
+        assert_eq!(opset_of(&export_bytes(&g, &ExportOptions::default()).unwrap()), (19, 9));
+
+        // The model's own newer opset is kept.
+        let mut g = one_op(Op::MatMul, 2);
+        g.meta.opset_imports = vec![(String::new(), 22), ("ai.onnx.ml".into(), 3)];
+        let m = ModelProto::parse_from_bytes(&export_bytes(&g, &ExportOptions::default()).unwrap()).unwrap();
+        let ops: Vec<(String, i64)> = m.opset_import.iter().map(|o| (o.domain.clone(), o.version)).collect();
+        assert_eq!(ops, vec![(String::new(), 22), ("ai.onnx.ml".into(), 3)]);
+        assert_eq!(m.ir_version, 10);
+    }
+
+    #[test]
+    fn malformed_graphs_are_refused() {
+        let mut g = one_op(Op::MatMul, 2);
+        let y = g.outputs()[0].value;
+        // A dangling edge: the Input feeding the MatMul is removed.
+        let x0 = g.inputs()[0];
+        g.remove_node(x0);
+        g.add_node(
+            Op::Identity,
+            "",
+            &[Some(ValueRef::new(y.node, 5))],
+            vec![sharc_ir::ValueInfo::new("z", Type::Unknown)],
+        );
+        let e = export_bytes(&g, &ExportOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("not well formed"), "{e}");
+    }
+
+    #[test]
+    fn unknown_attributes_make_export_fail_clearly() {
+        let mut a = Attrs::new();
+        a.insert("bogus".into(), Attr::Int(1));
+        let op = Op::Opaque(sharc_ir::Opaque { domain: String::new(), op_type: "Relu".into(), attrs: a });
+        let e = export_bytes(&one_op(op, 1), &ExportOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("attribute 'bogus' is not part of the op"), "{e}");
+    }
+
+    #[test]
+    fn local_functions_must_stay_compatible() {
+        let f = |op: &str, v: i64| {
+            let mut f = FunctionProto::new();
+            f.name = "F".into();
+            f.domain = "custom".into();
+            f.node.push(node(op, &["x"], &["y"], vec![]));
+            let mut o = OperatorSetIdProto::new();
+            o.version = v;
+            f.opset_import.push(o);
+            f
+        };
+        assert!(check_function_opset(&f("Relu", 17), 18).is_ok(), "Relu did not change between 17 and 18");
+        let e = check_function_opset(&f("ReduceMean", 17), 18).unwrap_err();
+        assert!(e.contains("changed in opset 18"), "{e}");
+        assert!(check_function_opset(&f("ReduceMean", 18), 20).is_ok());
     }
 }

@@ -366,6 +366,9 @@ fn shared_weights_are_written_once() {
     let w2 = g.weight_value(sharc_ir::WeightId(0));
     let z = g.add_op(Op::MatMul, &[y, w2], Type::Unknown);
     let clash = g.add_op(Op::Unary(sharc_ir::UnaryOp::Relu), &[z], Type::Unknown);
+    // The weight is stored as "w" but its value nodes are named otherwise,
+    // and an unrelated value takes the name "w".
+    g.value_info_mut(w).name = "w_first".into();
     g.value_info_mut(clash).name = "w".into();
     // ONNX requires graph outputs to be typed.
     g.value_info_mut(clash).ty = Type::tensor(DType::F32, vec![Dim::sym("batch"), Dim::Fixed(2)]);

@@ -84,7 +84,9 @@ pub(crate) struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     pub(crate) fn new(src: &'a str) -> Lexer<'a> {
-        Lexer { src, pos: 0, ahead: std::collections::VecDeque::new() }
+        // Editors on some systems start files with a byte-order mark.
+        let pos = if src.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+        Lexer { src, pos, ahead: std::collections::VecDeque::new() }
     }
 
     /// The `n`th token from here (0 is the next one).

@@ -120,7 +120,9 @@
 //!
 //! [`parse_with_weights`] looks every `weight @name` up by name in the store
 //! it is given (also inside body graphs) and fails when the name is missing
-//! or the dtype or shape disagree. [`parse`] instead gives each declared
+//! or the dtype or shape disagree. Body graphs own their weight stores, so
+//! for a graph whose bodies hold weights, pass [`all_weights`]`(&g)` rather
+//! than `&g.weights`. [`parse`] instead gives each declared
 //! weight synthetic data, deterministically: a SplitMix64 generator seeded
 //! with the 64-bit FNV-1a hash of the weight's name fills the tensor in
 //! row-major order, floats uniform in [-1, 1) (the top 24 bits of each draw
@@ -135,13 +137,12 @@
 //! # Known limits
 //!
 //! Printing is total: any graph prints, even an invalid one (a dangling
-//! reference prints as a marker that does not parse back). Parsing creates
-//! input and capture nodes first, then the body in text order, so
-//! `parse(print(g))` is [`Graph::structurally_equal`] to a weight-free `g`
-//! when `g`'s topological order starts with its inputs and then its captures
-//! (true for graphs built inputs-first, and for every parsed graph). Value
-//! names must be unique within each graph, as the verifier demands, since
-//! text refers to values by name.
+//! reference prints as a marker that does not parse back, a cycle prints in
+//! node-id order with a warning comment). Value names must be unique within
+//! each graph, as the verifier demands, since text refers to values by name.
+//! `parse(print(g))` is [`Graph::structurally_equal`] to `g` when `g` has no
+//! weights (with weights, `parse` invents their data) and no NaN constants
+//! (NaN is not equal to itself); the printed texts are equal in every case.
 
 mod lex;
 mod literal;

@@ -7,8 +7,10 @@ use crate::{Attr, Attrs, DType, Graph, Metadata, NodeId, Op, Shape, Tensor, Type
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
-/// Ops spelled like these keywords must be written with a domain qualifier.
-pub(crate) const KEYWORDS: &[&str] = &["const", "weight", "input"];
+/// Ops spelled like these words must be written with a domain qualifier:
+/// the first three start special statements, and `loc` would read as the
+/// previous node's location.
+pub(crate) const KEYWORDS: &[&str] = &["const", "weight", "input", "loc"];
 
 /// Typed-op attributes that hold a [`DType`] as its ONNX code; printed by name
 /// (`to = f16`) because a bare code (`to = 10`) means nothing to a reader.

@@ -560,6 +560,31 @@ graph @"layer.0/attn"(%"onnx::MatMul_123": f32[batch, "unk 1", "3", "", 0] loc("
 }
 
 #[test]
+fn body_metadata_bom_and_keyword_ops() {
+    let mut body = small_body("b");
+    body.meta.doc_string = "the body".into();
+    let mut g = Graph::new("outer");
+    let x = g.add_input("x", f32s(&[2]));
+    let attrs: Attrs = [("body".to_string(), Attr::Graph(Subgraph::new(body)))].into_iter().collect();
+    let y = one(
+        &mut g,
+        Op::Opaque(Opaque { domain: "com.example".into(), op_type: "Map".into(), attrs }),
+        &[x],
+        "y",
+        Type::Unknown,
+    );
+    let a = one(&mut g, op("Relu", vec![]), &[y], "a", f32s(&[2]));
+    let loc_op = Op::Opaque(Opaque { domain: String::new(), op_type: "loc".into(), attrs: Attrs::new() });
+    g.add_node(loc_op, "", &[Some(a)], vec![]);
+    g.add_output("y", y);
+    let text = check(&g, true);
+    assert!(text.contains("body = meta {doc_string = \"the body\"} graph @b(%i: f32[2]) -> (%o) {"), "{text}");
+    assert!(text.contains("  %a = Relu(%y) : f32[2]\n  \"\".loc(%a)\n"), "{text}");
+    let with_bom = format!("\u{feff}{text}");
+    assert_eq!(print(&parse(&with_bom).unwrap()), text);
+}
+
+#[test]
 fn structure_round_trips() {
     let g = structure_zoo();
     verify(&g).unwrap();

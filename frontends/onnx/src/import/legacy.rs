@@ -8,35 +8,7 @@
 //! What cannot be translated faithfully is an error naming the node, never a
 //! silent change of meaning.
 //!
-//! | op (opset) | rewrite |
-//! | --- | --- |
-//! | every op (< 7) | `consumed_inputs` dropped (it was a memory hint) |
-//! | Add, Sub, Mul, Div, Pow, And, Or, Xor, Equal, Greater, Less (< 7) | `broadcast`/`axis` → numpy broadcasting, unsqueezing B when `axis` is not the suffix position |
-//! | Gemm (< 7) | `broadcast` dropped (C broadcasts since opset 7) |
-//! | PRelu (< 7) | per-channel 1-D slope unsqueezed to broadcast against N,C,... |
-//! | Concat (< 4) | missing `axis` → 1 (the old default) |
-//! | Softmax, LogSoftmax, Hardmax (< 13) | coerce-to-2D semantics: kept when the axis is the last one, else Flatten → op → Reshape(Shape(x)) |
-//! | BatchNormalization (< 14) | `spatial`, `is_test` dropped; `spatial=0` and used training outputs rejected |
-//! | Dropout (< 12) | `ratio` → input, `is_test` dropped; opset < 10 float mask → CastLike of the bool mask |
-//! | Cast (< 6) | `to` as a type name → type code |
-//! | Clip (< 11) | `min`/`max` → inputs of the input's type |
-//! | Pad (< 11) | `pads`/`paddings`, `value` → inputs |
-//! | Slice (< 10) | `starts`/`ends`/`axes` → inputs |
-//! | TopK (< 10) | `k` → input |
-//! | Split (< 13) | `split` → input; (< 18) without split sizes → `num_outputs` = number of outputs |
-//! | Squeeze, Unsqueeze (< 13) | `axes` → input |
-//! | Reduce* (< 18; ReduceSum < 13) | `axes` → input |
-//! | Reshape (< 5) | `shape` → input |
-//! | Tile (< 6) | `tiles`/`axis` inputs → `repeats` (constant-folded when possible) |
-//! | Upsample (all) | → Resize with asymmetric coordinates (and floor rounding for nearest) |
-//! | Resize (< 11) | empty `roi` input added; asymmetric coordinates, floor rounding for nearest |
-//! | Scatter (all) | → ScatterElements |
-//! | LpPool, GlobalLpPool (< 2) | float `p` → int |
-//! | RNN, GRU, LSTM (< 7) | `output_sequence` dropped (the outputs say what is wanted) |
-//! | GridSample (< 20) | modes `bilinear`/`bicubic` → `linear`/`cubic` |
-//! | DFT (< 20) | `axis` attribute (default 1) → input |
-//! | Scan (< 9) | batched Scan → a Scan over the batch whose body runs the unbatched Scan |
-//! | GroupNormalization (< 21) | per-group `scale`/`bias` repeated to per-channel ones |
+//! The list of rewrites is in the crate documentation.
 
 use super::{Emitter, NodeIn};
 use sharc_ir::op::{Flatten, Reshape, Scan, ShapeOf};
@@ -195,6 +167,9 @@ pub(super) fn normalize(em: &mut Emitter, n: &mut NodeIn) -> Result<Option<Outpu
         }
         "Scan" if v < 9 => return scan_v8(em, n).map(Some),
         "GroupNormalization" if v < 21 => group_norm_v18(em, n)?,
+        "RoiAlign" if v < 16 => {
+            n.attrs.insert("coordinate_transformation_mode".into(), Attr::String("output_half_pixel".into()));
+        }
         _ => {}
     }
     Ok(None)

@@ -38,7 +38,7 @@ pub const PRESERVED_TRAINING_INFO: &str = "onnx.training_info";
 
 /// Imports an ONNX model file. External data is looked up next to it.
 ///
-/// The result has passed [`sharc_ir::verify`]. Old opsets are normalised to
+/// The result has passed [`sharc_ir::verify()`]. Old opsets are normalised to
 /// the forms of recent ones; ops that sharc does not model (and every op of
 /// another domain) become [`Op::Opaque`] with their attributes kept.
 pub fn import_file(path: impl AsRef<Path>) -> Result<Graph, OnnxError> {
@@ -488,6 +488,10 @@ impl Importer {
         }
         let id = scope.graph.weights.add(w).map_err(|m| self.model_err(format!("{}: {m}", scope.label)))?;
         let v = scope.graph.weight_value(id);
+        // The initializer's name was reserved up front (so helper nodes never
+        // take it), which made `weight_value` pick a fresh one; the value
+        // must keep the ONNX name so that printed IR and export match the file.
+        scope.graph.value_info_mut(v).name = name;
         Ok(v)
     }
 
@@ -906,7 +910,8 @@ impl Emitter<'_> {
     ) -> Result<Vec<Option<ValueRef>>, String> {
         let count =
             if keep_all { outputs.len() } else { outputs.iter().rposition(|o| !o.is_empty()).map_or(0, |i| i + 1) };
-        if count == 0 {
+        if count == 0 && !matches!(op, Op::Opaque(_)) {
+            // Only ops sharc does not know may exist for their side effects.
             return Err("the node has no outputs".to_string());
         }
         let hint = op.op_type().to_lowercase();

@@ -599,3 +599,17 @@ fn external_data_is_mapped_and_confined_to_the_model_folder() {
     let bytes_only = std::fs::read(dir.path().join("model.onnx")).unwrap();
     assert!(import_bytes(&bytes_only, None).unwrap_err().to_string().contains("without a folder"));
 }
+
+#[test]
+fn roi_align_before_16_keeps_its_unshifted_coordinates() {
+    let g = graph(
+        "main",
+        vec![node("RoiAlign", &["x", "r", "b"], &["y"], vec![])],
+        vec![vi("x", 1, &["1", "1", "4", "4"]), vi("r", 1, &["1", "4"]), vi("b", 7, &["1"])],
+        vec![vi("y", 1, &["1", "1", "1", "1"])],
+        vec![],
+    );
+    let g = import(&model(g, 10)).unwrap();
+    let Op::RoiAlign(r) = &g.node(by_name(&g, "y").node).op else { panic!() };
+    assert_eq!(r.coordinate_transformation_mode, "output_half_pixel");
+}

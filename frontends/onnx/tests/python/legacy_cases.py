@@ -298,6 +298,15 @@ def cases():
         [helper.make_node("GlobalLpPool", ["x"], ["y"], p=3.0)], [vi("x", F, [1, 2, 3, 3])], [vi("y", F, [1, 2, 1, 1])], 1
     ), {"x": xl}, [np.power(np.power(xl, 3).sum(axis=(2, 3), keepdims=True), 1 / 3)]
 
+    xr = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    rois = np.array([[0.5, 1.0, 4.0, 5.5], [1.0, 0.0, 3.0, 3.0]], np.float32)
+    yield "roialign_v10", model(
+        [helper.make_node("RoiAlign", ["x", "r", "b"], ["y"], output_height=2, output_width=2, sampling_ratio=2)],
+        [vi("x", F, [1, 2, 6, 6]), vi("r", F, [2, 4]), vi("b", TensorProto.INT64, [2])],
+        [vi("y", F, [2, 2, 2, 2])],
+        10,
+    ), {"x": xr, "r": rois, "b": np.zeros(2, np.int64)}, "ort"
+
     grid = rng.uniform(-1, 1, (1, 3, 3, 2)).astype(np.float32)
     xgs = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
     yield "gridsample_v16_bilinear", model(

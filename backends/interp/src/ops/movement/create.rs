@@ -153,24 +153,56 @@ pub(super) fn one_hot(a: &OneHot, inputs: &[Option<Value>]) -> Outputs {
     single(take(values, &shape, &src, None)?)
 }
 
-/// A small deterministic generator (SplitMix64) for Dropout's mask.
-struct SplitMix(u64);
+/// The Mersenne Twister (MT19937) with numpy's legacy seeding and its
+/// 53-bit doubles, so that a seeded Dropout draws the same mask as
+/// `numpy.random.RandomState(seed).uniform(0, 1, shape)`, which is what
+/// ONNX's reference implementation uses.
+struct Mt19937 {
+    state: [u32; 624],
+    pos: usize,
+}
 
-impl SplitMix {
+impl Mt19937 {
+    fn new(seed: u32) -> Mt19937 {
+        let mut state = [0u32; 624];
+        state[0] = seed;
+        for i in 1..624 {
+            state[i] = 1_812_433_253u32.wrapping_mul(state[i - 1] ^ (state[i - 1] >> 30)).wrapping_add(i as u32);
+        }
+        Mt19937 { state, pos: 624 }
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        if self.pos >= 624 {
+            for i in 0..624 {
+                let y = (self.state[i] & 0x8000_0000) | (self.state[(i + 1) % 624] & 0x7fff_ffff);
+                let mut v = self.state[(i + 397) % 624] ^ (y >> 1);
+                if y & 1 != 0 {
+                    v ^= 0x9908_b0df;
+                }
+                self.state[i] = v;
+            }
+            self.pos = 0;
+        }
+        let mut y = self.state[self.pos];
+        self.pos += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
     fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        let a = (self.next_u32() >> 5) as f64;
+        let b = (self.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
     }
 }
 
 /// Inference Dropout passes the data through with an all-true mask. In
 /// training mode with a non-zero ratio, elements are dropped at random and the
-/// survivors scaled by `1 / (1 - ratio)`; the generator is seeded from the
-/// `seed` attribute (0 when absent) so that runs are reproducible.
+/// survivors scaled by `1 / (1 - ratio)`. The mask comes from MT19937 seeded
+/// with the `seed` attribute (0 when absent, so that runs are reproducible).
 pub(super) fn dropout(a: &Dropout, inputs: &[Option<Value>], cx: &OpContext) -> Outputs {
     let x = tensor_arg(inputs, 0, "data")?;
     let ratio = match opt_tensor_arg(inputs, 1, "ratio")? {
@@ -190,7 +222,7 @@ pub(super) fn dropout(a: &Dropout, inputs: &[Option<Value>], cx: &OpContext) -> 
         if !(0.0..1.0).contains(&ratio) {
             return Err(EvalError::new(format!("ratio must be in [0, 1), got {ratio}")));
         }
-        let mut rng = SplitMix(a.seed.unwrap_or(0) as u64);
+        let mut rng = Mt19937::new(a.seed.unwrap_or(0) as u32);
         let mask: Vec<bool> = (0..x.len()).map(|_| rng.next_f64() >= ratio).collect();
         let scale = 1.0 / (1.0 - ratio);
         let v = real_values(x, "data")?;
@@ -269,6 +301,15 @@ mod tests {
             run1(Op::OneHot(OneHot { axis: 0 }), vec![Some(idx), Some(Tensor::scalar(3i64)), Some(vals)]).unwrap();
         assert_eq!(out.shape(), &[3, 3]);
         assert_eq!(fv(&out), vec![5., 2., 2., 2., 2., 2., 2., 5., 2.]);
+    }
+
+    #[test]
+    fn mersenne_twister_matches_numpy() {
+        // numpy.random.RandomState(0).uniform(0, 1, 3) and RandomState(42).random_sample().
+        let mut r = super::Mt19937::new(0);
+        let got: Vec<f64> = (0..3).map(|_| r.next_f64()).collect();
+        assert_eq!(got, vec![0.5488135039273248, 0.7151893663724195, 0.6027633760716439]);
+        assert_eq!(super::Mt19937::new(42).next_f64(), 0.3745401188473625);
     }
 
     #[test]
