@@ -18,6 +18,7 @@
 //! | `operands` | a commutative binary op with a constant or weight on the left gets it on the right: `Add(b, MatMul(x, W))` → `Add(MatMul(x, W), b)` |
 //! | `gelu` | `x · 0.5 · (1 + erf(x / √2))` → `Gelu(x)`, and `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))` → `Gelu(x) {approximate = "tanh"}` |
 //! | `layer-norm` | `(x − mean(x)) / √(mean((x − mean(x))²) + ε) · γ + β` over trailing axes → `LayerNormalization(x, γ, β)` |
+//! | `rms-norm` | `x / √(mean(x²) + ε) · γ` (or `x · 1/√(..)`, `x · Reciprocal(√(..))`) over trailing axes → `RMSNormalization(x, γ)` |
 //! | `softmax` | `exp(x − max(x)) / sum(exp(x − max(x)))` (or without the max) along one axis → `Softmax(x)`, and `z − log(sum(exp(z)))` → `LogSoftmax` |
 //!
 //! # Normal forms chosen
@@ -90,6 +91,7 @@ const RULES: &[(&str, Rule)] = &[
     ("gemm", gemm),
     ("gelu", gelu),
     ("layer-norm", layer_norm),
+    ("rms-norm", rms_norm),
     ("softmax", softmax),
     ("operands", operands),
 ];
@@ -675,6 +677,72 @@ fn layer_norm(m: &Matcher, id: NodeId, patch: &mut Patch) -> bool {
     false
 }
 
+/// `(x, axis, ε)` when `r = 1 / √(mean(x²) + ε)` over the trailing axes
+/// from `axis`, written `Div(1, Sqrt(..))` or `Reciprocal(Sqrt(..))`.
+fn inverse_rms(m: &Matcher, r: ValueRef, x: ValueRef) -> Option<(usize, f64)> {
+    let sd = match m.binary(r, BinaryOp::Div) {
+        Some((one, sd)) if m.is_scalar(one, 1.0, 1) => sd,
+        Some(_) => return None,
+        None => m.unary(r, UnaryOp::Reciprocal)?,
+    };
+    rms_of(m, sd, x)
+}
+
+/// `(axis, ε)` when `sd = √(mean(x²) + ε)` over the trailing axes from `axis`.
+fn rms_of(m: &Matcher, sd: ValueRef, x: ValueRef) -> Option<(usize, f64)> {
+    let rank = m.rank(x)?;
+    let var_eps = m.unary(sd, UnaryOp::Sqrt)?;
+    for (var, eps) in m.either(var_eps, BinaryOp::Add) {
+        let Some(eps) = m.scalar(eps, rank) else { continue };
+        let Some((vid, sq)) = m.reduction(var, ReduceKind::Mean) else { continue };
+        let Some(axes) = m.reduce_axes(vid, ReduceKind::Mean, rank) else { continue };
+        let squares_x = m.binary(sq, BinaryOp::Pow).is_some_and(|(b, e)| b == x && m.is_scalar(e, 2.0, rank))
+            || m.binary(sq, BinaryOp::Mul) == Some((x, x));
+        let axis = axes[0];
+        let trailing = axes.iter().enumerate().all(|(i, &a)| a == axis + i) && axes.last() == Some(&(rank - 1));
+        if squares_x && trailing && eps >= 0.0 {
+            return Some((axis, eps));
+        }
+    }
+    None
+}
+
+/// `x / √(mean(x²) + ε) · γ` → `RMSNormalization(x, γ)` (what Llama- and
+/// Mixtral-style exports spell out; opset 23 has the op).
+fn rms_norm(m: &Matcher, id: NodeId, patch: &mut Patch) -> bool {
+    if *m.op(id) != Op::Binary(BinaryOp::Mul) {
+        return false;
+    }
+    let out = Matcher::out(id);
+    for (n, gamma) in m.either(out, BinaryOp::Mul) {
+        // n = x / sd, or x · (1 / sd) in either order.
+        let mut found = None;
+        if let Some((x, sd)) = m.binary(n, BinaryOp::Div) {
+            found = rms_of(m, sd, x).map(|(axis, eps)| (x, axis, eps));
+        }
+        for (x, r) in m.either(n, BinaryOp::Mul) {
+            if found.is_none() {
+                found = inverse_rms(m, r, x).map(|(axis, eps)| (x, axis, eps));
+            }
+        }
+        let Some((x, axis, eps)) = found else { continue };
+        let Some(rank) = m.rank(x) else { continue };
+        // γ must not broadcast beyond the normalised dims, nor be x itself.
+        let fits = m.rank(gamma).is_some_and(|r| r <= rank - axis) && gamma != x;
+        if !fits || !m.float_or_unknown(x) || !m.same_type(out, x) || m.ty(gamma).dtype() != m.ty(x).dtype() {
+            continue;
+        }
+        let op = Op::RMSNormalization(sharc_ir::op::RMSNormalization {
+            axis: axis as i64,
+            epsilon: eps as f32,
+            stash_type: 1,
+        });
+        patch.replace_node(m.g, id, op, &[Some(x.into()), Some(gamma.into())]);
+        return true;
+    }
+    false
+}
+
 /// `axis` when `e = exp(z)` and `s = sum(e)` along that single axis.
 fn sum_of_exp(m: &Matcher, s: ValueRef, e: ValueRef, rank: usize) -> Option<usize> {
     let (sid, se) = m.reduction(s, ReduceKind::Sum)?;
@@ -908,7 +976,9 @@ mod tests {
   %half = const f32[] 0.5
   %w = Mul(%m2, %half)
 }";
-        assert_eq!(canon(src), typed(src));
+        let out = canon(src);
+        assert_eq!(out, typed(src));
+        assert_snapshot!(out);
     }
 
     #[test]
@@ -945,6 +1015,48 @@ mod tests {
   %ve = Add(%var, %eps)
   %sd = Sqrt(%ve)
   %n = Div(%d, %sd)
+  %gamma = weight @g : f32[8]
+  %y = Mul(%n, %gamma)
+}";
+        assert_eq!(canon(src), typed(src));
+    }
+
+    #[test]
+    fn recognises_an_rms_norm_spelled_out() {
+        // Spelled as torch exports Mixtral's RMSNorm (moe-tiny): casts to
+        // f32 around it, and the reciprocal of the root as 1 / sqrt.
+        assert_snapshot!(canon(
+            "graph @g(%x: f32[batch, seq, 8]) -> (%y, %z) {
+  %c = Cast(%x) {to = f32}
+  %two = const f32[] 2.0
+  %p = Pow(%c, %two)
+  %ax = const i64[1] [-1]
+  %ms = ReduceMean(%p, %ax)
+  %eps = const f32[] 1e-5
+  %a = Add(%ms, %eps)
+  %sd = Sqrt(%a)
+  %one = const f32[] 1.0
+  %r = Div(%one, %sd)
+  %n = Mul(%c, %r)
+  %nc = Cast(%n) {to = f32}
+  %gamma = weight @norm.weight : f32[8]
+  %y = Mul(%gamma, %nc)
+  %d = Div(%x, %sd)
+  %z = Mul(%d, %gamma)
+}"
+        ));
+    }
+
+    #[test]
+    fn a_root_mean_square_over_a_leading_axis_is_not_an_rms_norm() {
+        let src = "graph @g(%x: f32[4, 8]) -> (%y) {
+  %sq = Mul(%x, %x)
+  %ax = const i64[1] [0]
+  %ms = ReduceMean(%sq, %ax)
+  %eps = const f32[] 1e-5
+  %a = Add(%ms, %eps)
+  %sd = Sqrt(%a)
+  %n = Div(%x, %sd)
   %gamma = weight @g : f32[8]
   %y = Mul(%n, %gamma)
 }";

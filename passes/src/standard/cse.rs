@@ -212,7 +212,9 @@ mod tests {
   %y = Add(%c, %d)
 }
 ";
-        assert_eq!(run_pipeline(src, "cse"), crate::testing::normalize(src));
+        let out = run_pipeline(src, "cse");
+        assert_eq!(out, crate::testing::normalize(src));
+        assert_snapshot!(out);
     }
 
     #[test]

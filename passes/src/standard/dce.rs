@@ -156,7 +156,9 @@ mod tests {
   %z = Abs(%a)
 }
 ";
-        assert_eq!(run_pipeline(src, "dce"), src);
+        let out = run_pipeline(src, "dce");
+        assert_eq!(out, src);
+        assert_snapshot!(out);
     }
 
     #[test]

@@ -489,7 +489,9 @@ mod tests {
   %wl = Add(%w, %ba)
   %y = MatMul(%x, %wl)
 }";
-        assert_eq!(checked(src, "fold-constants"), crate::testing::normalize(src));
+        let out = checked(src, "fold-constants");
+        assert_eq!(out, crate::testing::normalize(src));
+        assert_snapshot!(out);
         let o = PipelineTest::new("fold-constants").run(src).unwrap();
         assert_eq!(o.report.records[0].counters.get("refused-growth"), Some(&1));
     }

@@ -80,7 +80,9 @@ mod tests {
   %y = Neg(%x) : f32[2, 3]
 }
 ";
-        assert_eq!(run_pipeline(src, "infer-shapes"), src);
+        let out = run_pipeline(src, "infer-shapes");
+        assert_eq!(out, src);
+        assert_snapshot!(out);
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! interpreter's outputs unchanged (up to float reassociation where a pass
 //! says so). Each is tested with snapshot tests in IR text.
 //!
-//! The list below is the one place that declares them (as rustc declares
-//! its MIR passes): it defines [`STANDARD_PASSES`] and
-//! [`register_standard`], which the registry, `sharc passes` and
-//! `sharc opt` use.
+//! The list below is the one place that declares every pass sharc ships
+//! (as rustc declares its MIR passes), the ones in this folder and those of
+//! other modules (`simplify`, the parameter-sharing passes): adding a line
+//! for a [`RegisteredPass`] type makes it available to pipelines,
+//! [`Registry::with_standard_passes`], `sharc passes` and `sharc opt` at
+//! once. It defines [`STANDARD_PASSES`] and [`register_standard`].
 
 pub mod canonicalize;
 pub mod cse;
