@@ -6,5 +6,7 @@
 //! parameter-sharing passes.
 
 mod pass;
+pub mod rewrite;
 
 pub use pass::{Pass, PassContext, PassError, PassOutcome};
+pub use rewrite::{Simplify, SimplifyOptions};
