@@ -53,7 +53,7 @@ pub mod splice;
 #[cfg(test)]
 mod tests;
 
-use crate::{Pass, PassContext, PassError, PassOutcome};
+use crate::{Pass, PassContext, PassError, PassOutcome, RegisteredPass};
 use analysis::TensorGraph;
 use cost::CostModel;
 use egg::{Extractor, Id, Language, Runner, StopReason};
@@ -63,28 +63,25 @@ use sharc_ir::Graph;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-/// Options of the `simplify` pass.
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SimplifyOptions {
-    /// Stop saturating once the e-graph holds this many e-nodes.
-    pub node_limit: usize,
-    /// Stop after this many rounds of applying every rule.
-    pub iter_limit: usize,
-    /// Stop saturating after this many milliseconds.
-    pub time_limit_ms: u64,
-    /// Also use relaxed float laws, which change results only by rounding
-    /// (reassociation, distribution, reciprocals); see the rewrite policy.
-    pub relaxed: bool,
-    /// The size the cost model assumes for a symbolic dim (`batch`, `seq`).
-    pub nominal_dim: u64,
-}
-
-impl Default for SimplifyOptions {
-    fn default() -> SimplifyOptions {
-        SimplifyOptions { node_limit: 100_000, iter_limit: 30, time_limit_ms: 10_000, relaxed: true, nominal_dim: 64 }
+crate::pass_options! {
+    /// Options of the `simplify` pass: the limits that keep saturation
+    /// bounded on large graphs, and how exact the rules must be.
+    pub struct SimplifyOptions {
+        /// Stop saturating once the e-graph holds this many e-nodes.
+        node_limit: usize = 100_000,
+        /// Stop after this many rounds of applying every rule.
+        iter_limit: usize = 30,
+        /// Stop saturating after this many milliseconds.
+        time_limit_ms: u64 = 10_000,
+        /// Also use relaxed float laws, which change results only by rounding (reassociation, distribution, reciprocals).
+        relaxed: bool = true,
+        /// The size the cost model assumes for a symbolic dim (batch, seq).
+        nominal_dim: u64 = 64,
     }
 }
+
+/// The name pipelines use.
+const NAME: &str = "simplify";
 
 /// The `simplify` pass. See the [module docs](self).
 #[derive(Clone, Debug, Default)]
@@ -93,12 +90,12 @@ pub struct Simplify {
     pub options: SimplifyOptions,
 }
 
-impl Simplify {
-    /// The name pipelines use.
-    pub const NAME: &'static str = "simplify";
-
-    /// The pass with the given options.
-    pub fn new(options: SimplifyOptions) -> Simplify {
+impl RegisteredPass for Simplify {
+    type Options = SimplifyOptions;
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str = "Equality saturation (egg) over pure tensor subgraphs with algebra, layout and \
+                                   matmul rules; extracts the form with the fewest FLOPs plus bytes moved";
+    fn new(options: SimplifyOptions) -> Simplify {
         Simplify { options }
     }
 }
@@ -116,16 +113,16 @@ fn stop_counter(reason: &Option<StopReason>) -> &'static str {
 
 impl Pass for Simplify {
     fn name(&self) -> &'static str {
-        Self::NAME
+        NAME
     }
 
     fn run(&mut self, graph: &mut Graph, cx: &mut PassContext) -> Result<PassOutcome, PassError> {
         let start = Instant::now();
-        let fail = |message: String| PassError::Failed { pass: Self::NAME.to_string(), message };
+        let fail = |message: String| PassError::Failed { pass: NAME.to_string(), message };
         let lifted = lift::lift(graph).map_err(fail)?;
         let nodes_before = graph.node_count();
-        cx.count(Self::NAME, "regions", lifted.regions as i64);
-        cx.count(Self::NAME, "lifted-nodes", lifted.nodes.len() as i64);
+        cx.count(NAME, "regions", lifted.regions as i64);
+        cx.count(NAME, "lifted-nodes", lifted.nodes.len() as i64);
         if lifted.roots.is_empty() {
             return Ok(PassOutcome::Unchanged);
         }
@@ -137,11 +134,11 @@ impl Pass for Simplify {
             .with_iter_limit(self.options.iter_limit)
             .with_time_limit(Duration::from_millis(self.options.time_limit_ms))
             .run(&rules);
-        cx.count(Self::NAME, stop_counter(&runner.stop_reason), 1);
-        cx.count(Self::NAME, "iterations", runner.iterations.len() as i64);
-        cx.count(Self::NAME, "egraph-nodes", runner.egraph.total_number_of_nodes() as i64);
-        cx.count(Self::NAME, "egraph-classes", runner.egraph.number_of_classes() as i64);
-        cx.count(Self::NAME, "ill-typed-nodes", runner.egraph.analysis.failures.len() as i64);
+        cx.count(NAME, stop_counter(&runner.stop_reason), 1);
+        cx.count(NAME, "iterations", runner.iterations.len() as i64);
+        cx.count(NAME, "egraph-nodes", runner.egraph.total_number_of_nodes() as i64);
+        cx.count(NAME, "egraph-classes", runner.egraph.number_of_classes() as i64);
+        cx.count(NAME, "ill-typed-nodes", runner.egraph.analysis.failures.len() as i64);
         let mut applied: Vec<(String, usize)> = Vec::new();
         for it in &runner.iterations {
             for (rule, n) in &it.applied {
@@ -157,11 +154,11 @@ impl Pass for Simplify {
         let stats = splice::splice(graph, &lifted, egraph, &class_of, |c| extractor.find_best_node(c))
             .map_err(|m| fail(format!("splicing the rewritten graph failed: {m}")))?;
         sharc_ir::verify(graph).map_err(|e| fail(format!("the rewritten graph does not verify: {e}")))?;
-        cx.count(Self::NAME, "nodes-created", stats.created as i64);
-        cx.count(Self::NAME, "nodes-removed", stats.removed as i64);
-        cx.count(Self::NAME, "values-replaced", stats.replaced as i64);
-        cx.count(Self::NAME, "nodes-before", nodes_before as i64);
-        cx.count(Self::NAME, "nodes-after", graph.node_count() as i64);
+        cx.count(NAME, "nodes-created", stats.created as i64);
+        cx.count(NAME, "nodes-removed", stats.removed as i64);
+        cx.count(NAME, "values-replaced", stats.replaced as i64);
+        cx.count(NAME, "nodes-before", nodes_before as i64);
+        cx.count(NAME, "nodes-after", graph.node_count() as i64);
         let mut report = format!(
             "simplify: {} lifted nodes in {} regions; saturation stopped ({:?}) after {} iterations with {} e-nodes \
              in {} classes; {} nodes -> {} nodes ({} created, {} removed) in {:.3} s\n",
@@ -184,7 +181,7 @@ impl Pass for Simplify {
         for f in egraph.analysis.failures.iter().take(5) {
             report.push_str(&format!("  ill-typed node (a rule bug): {f}\n"));
         }
-        cx.reports.entry(Self::NAME.to_string()).or_default().push_str(&report);
+        cx.reports.entry(NAME.to_string()).or_default().push_str(&report);
         Ok(PassOutcome::from_changed(stats.changed()))
     }
 }

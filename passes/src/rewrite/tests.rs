@@ -305,12 +305,24 @@ fn limits_are_reported() {
 }
 
 #[test]
-fn options_deserialize_with_defaults() {
-    let o: SimplifyOptions = serde_json::from_str(r#"{"relaxed": false, "node_limit": 10}"#).unwrap();
-    assert!(!o.relaxed);
-    assert_eq!(o.node_limit, 10);
-    assert_eq!(o.iter_limit, SimplifyOptions::default().iter_limit);
-    assert!(serde_json::from_str::<SimplifyOptions>(r#"{"bogus": 1}"#).is_err());
+fn options_come_from_pipeline_text() {
+    let r = crate::Registry::with_standard_passes();
+    let info = r.get("simplify").expect("simplify is registered");
+    let names: Vec<&str> = info.options.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["node-limit", "iter-limit", "time-limit-ms", "relaxed", "nominal-dim"]);
+    let passes = r.build_str("simplify{relaxed=false,iter-limit=1}").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(passes[0].name(), "simplify");
+    // The built pass honours the options: with one iteration on this chain
+    // saturation stops at the limit.
+    let mut g =
+        parse("graph @g(%x: f32[4]) -> (%y) {\n  %c = const f32[] 2.0\n  %a = Mul(%x, %c)\n  %y = Mul(%a, %c)\n}\n")
+            .unwrap();
+    infer_shapes(&mut g).unwrap();
+    let mut pass = r.build_str("simplify{iter-limit=1}").unwrap();
+    let mut cx = PassContext::default();
+    pass[0].run(&mut g, &mut cx).unwrap();
+    assert_eq!(cx.statistics["simplify"].get("stop-iteration-limit"), Some(&1));
+    assert!(r.build_str("simplify{node-limt=3}").is_err());
 }
 
 // ----- the pass: numbers -----
