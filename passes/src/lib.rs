@@ -35,6 +35,7 @@ mod pass;
 pub mod patch;
 pub mod pipeline;
 mod registry;
+pub mod rewrite;
 pub mod standard;
 pub mod testing;
 
@@ -44,4 +45,5 @@ pub use pass::{Pass, PassContext, PassError, PassOutcome};
 pub use patch::{Applied, Patch, PatchError, PatchNode, PatchValue};
 pub use pipeline::{Pipeline, PipelineError, parse_pipeline};
 pub use registry::{DuplicatePass, PassInfo, RegisteredPass, Registry};
+pub use rewrite::{Simplify, SimplifyOptions};
 pub use standard::{STANDARD_PASSES, register_standard};

@@ -43,8 +43,7 @@ standard_passes! {
     Cse,
     FoldConstants,
     Dce,
-    // The equality-saturation pass `simplify` (passes/src/rewrite/) is
-    // registered here when it lands: `crate::rewrite::Simplify,`.
+    crate::rewrite::Simplify,
 }
 
 #[cfg(test)]
