@@ -55,7 +55,9 @@ fn check(name: &str, rows: usize) {
     println!("{name}: statistics {stats:?}");
     println!("{}", cx.reports["simplify"]);
     assert_eq!(stats.get("ill-typed-nodes"), Some(&0), "{name}: a rule built ill-typed nodes");
-    assert!(g.node_count() <= original.node_count(), "{name}: simplify grew the graph");
+    // Both exports repeat shape arithmetic and constants and spell out
+    // scales that fold into products: simplify must find something.
+    assert!(g.node_count() < original.node_count(), "{name}: simplify removed nothing");
     assert_eq!(g.stats().unique_bytes, original.stats().unique_bytes, "{name}: stored bytes changed");
 
     let data = read_safetensors(&data_path).unwrap_or_else(|e| panic!("{e}"));

@@ -381,3 +381,32 @@ fn unknown_types_are_tolerated() {
     assert!(print(&g).contains("Mul(%x, %one)"), "{}", print(&g));
     assert!(matches!(g.value_type(g.outputs()[0].value), Type::Unknown | Type::Tensor(_)));
 }
+
+#[test]
+fn snapshot_through_the_pipeline_with_numeric_check() {
+    // By name in a pipeline, under the pass manager's verifier, with the
+    // interpreter checking every output before and after (b = 3, s = 5).
+    let out = crate::testing::PipelineTest::new("infer-shapes,simplify{node-limit=5000},dce")
+        .check_numerics(1e-5)
+        .dim("s", 5)
+        .run(
+            r#"graph @head(%x: f32[b, s, 8], %mask: i64[b, s]) -> (%y, %m) {
+  %w = weight @w : f32[8, 8]
+  %kt = Transpose(%x) {perm = [0, 2, 1]}
+  %scores = MatMul(%x, %w)
+  %ctx = MatMul(%scores, %kt)
+  %d = const f32[] 4.0
+  %scaled = Div(%ctx, %d)
+  %one = const f32[] 1.0
+  %y = Mul(%scaled, %one)
+  %ax1 = const i64[1] [1]
+  %ax2 = const i64[1] [2]
+  %u1 = Unsqueeze(%mask, %ax1)
+  %m = Unsqueeze(%u1, %ax2)
+}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.max_abs_diff.iter().all(|(_, d)| *d <= 1e-5), "{:?}", out.max_abs_diff);
+    insta::assert_snapshot!("through_the_pipeline", out.diff());
+}
