@@ -6,7 +6,7 @@ mod common;
 
 use sharc::data::read_safetensors;
 use sharc::ir::{Evaluator, Graph, Tensor, Value};
-use sharc_passes::{Pass, PassContext, Simplify};
+use sharc_passes::{Pass, PassContext, RegisteredPass, Simplify, SimplifyOptions};
 use std::time::Instant;
 
 /// The first `rows` entries along axis 0 of a reference input.
@@ -32,7 +32,7 @@ fn run(g: &Graph, inputs: &[Value]) -> Vec<Tensor> {
         .collect()
 }
 
-fn check(name: &str, rows: usize) {
+fn check(name: &str, rows: usize, options: SimplifyOptions) {
     let Some(shared) = common::shared_dir() else { return };
     let model = shared.join("models").join(format!("{name}.onnx"));
     let data_path = shared.join("models").join(format!("{name}.data.safetensors"));
@@ -41,12 +41,13 @@ fn check(name: &str, rows: usize) {
     let original = g.clone();
     let start = Instant::now();
     let mut cx = PassContext::default();
-    let outcome = Simplify::default().run(&mut g, &mut cx).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mode = if options.relaxed { "relaxed" } else { "exact" };
+    let outcome = Simplify::new(options).run(&mut g, &mut cx).unwrap_or_else(|e| panic!("{name}: {e}"));
     let elapsed = start.elapsed().as_secs_f64();
     sharc::ir::verify(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
     let stats = &cx.statistics["simplify"];
     println!(
-        "{name}: {} nodes before, {} after ({} compute -> {} compute), simplify took {elapsed:.2} s, {outcome:?}",
+        "{name} ({mode}): {} nodes before, {} after ({} compute -> {} compute), simplify took {elapsed:.2} s, {outcome:?}",
         original.node_count(),
         g.node_count(),
         original.stats().compute_nodes,
@@ -55,7 +56,9 @@ fn check(name: &str, rows: usize) {
     println!("{name}: statistics {stats:?}");
     println!("{}", cx.reports["simplify"]);
     assert_eq!(stats.get("ill-typed-nodes"), Some(&0), "{name}: a rule built ill-typed nodes");
-    assert!(g.node_count() <= original.node_count(), "{name}: simplify grew the graph");
+    // Both exports repeat shape arithmetic and constants and spell out
+    // scales that fold into products: simplify must find something.
+    assert!(g.node_count() < original.node_count(), "{name}: simplify removed nothing");
     assert_eq!(g.stats().unique_bytes, original.stats().unique_bytes, "{name}: stored bytes changed");
 
     let data = read_safetensors(&data_path).unwrap_or_else(|e| panic!("{e}"));
@@ -74,17 +77,25 @@ fn check(name: &str, rows: usize) {
         assert_eq!(w.shape(), o.shape(), "{name}: output '{}' changed shape", out.name);
         let (w, o) = (w.to_f64_vec().expect("numeric"), o.to_f64_vec().expect("numeric"));
         let err = w.iter().zip(&o).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        println!("{name}: output '{}' max abs difference after simplify = {err:.3e}", out.name);
+        println!("{name} ({mode}): output '{}' max abs difference after simplify = {err:.3e}", out.name);
         assert!(err <= 1e-5, "{name}: output '{}' moved by {err:.3e}", out.name);
     }
 }
 
+/// Relaxed mode: float laws that hold up to rounding are used too (the
+/// default uses only laws that hold bit for bit).
+fn relaxed() -> SimplifyOptions {
+    SimplifyOptions { relaxed: true, ..SimplifyOptions::default() }
+}
+
 #[test]
 fn simplify_keeps_minilm_l6_outputs() {
-    check("minilm-l6", 2);
+    check("minilm-l6", 2, SimplifyOptions::default());
+    check("minilm-l6", 2, relaxed());
 }
 
 #[test]
 fn simplify_keeps_gpt_tiny_outputs() {
-    check("gpt-tiny", 2);
+    check("gpt-tiny", 2, SimplifyOptions::default());
+    check("gpt-tiny", 2, relaxed());
 }

@@ -189,12 +189,18 @@ pub fn splice<'e>(
         }
     }
 
-    // New nodes take over the names of removed values of their class.
+    // New nodes take over the names of removed values of their class. The
+    // freed names are in reverse topological order; a graph output's name
+    // is preferred, then the most downstream one, which is what the
+    // consumers of the class saw last.
+    let output_names: HashSet<String> = g.outputs().iter().map(|o| o.name.clone()).collect();
     for (id, class) in created {
         if let Some(names) = freed.get_mut(&class)
-            && let Some(name) = names.pop()
+            && !names.is_empty()
             && g.contains(id)
         {
+            let pick = names.iter().position(|n| output_names.contains(n)).unwrap_or(0);
+            let name = names.remove(pick);
             g.reserve_name(&name);
             g.node_mut(id).outputs[0].name = name;
         }

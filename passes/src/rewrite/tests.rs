@@ -18,8 +18,17 @@ fn run_on(src: &str, options: SimplifyOptions) -> (Graph, Graph, PassContext<'st
     (before, g, cx)
 }
 
+/// Relaxed mode: the snapshots show what the relaxed laws add.
+fn relaxed() -> SimplifyOptions {
+    SimplifyOptions { relaxed: true, ..SimplifyOptions::default() }
+}
+
 fn simplify(src: &str) -> String {
-    let (_, g, cx) = run_on(src, SimplifyOptions::default());
+    simplify_with(src, SimplifyOptions::default())
+}
+
+fn simplify_with(src: &str, options: SimplifyOptions) -> String {
+    let (_, g, cx) = run_on(src, options);
     assert_eq!(cx.statistics["simplify"].get("ill-typed-nodes"), Some(&0), "{:?}", cx.reports);
     print(&g)
 }
@@ -181,8 +190,9 @@ fn splicing_keeps_output_names_and_removes_dead_nodes() {
 #[test]
 fn snapshot_attention_scores() {
     // BERT's attention scores: q @ k^T / sqrt(d), with k transposed twice
-    // (permute then transpose(-1, -2)).
-    let out = simplify(
+    // (permute then transpose(-1, -2)). Relaxed: the scale moves onto q,
+    // the smaller operand.
+    let out = simplify_with(
         r#"graph @attention(%q: f32[b, 2, s, 8], %k: f32[b, s, 2, 8]) -> (%probs) {
   %kt = Transpose(%k) {perm = [0, 2, 1, 3]}
   %ktt = Transpose(%kt) {perm = [0, 1, 3, 2]}
@@ -192,6 +202,7 @@ fn snapshot_attention_scores() {
   %probs = Softmax(%scaled) {axis = -1}
 }
 "#,
+        relaxed(),
     );
     insta::assert_snapshot!("attention_scores", out);
 }
@@ -283,9 +294,11 @@ fn exact_mode_keeps_divisions_by_non_powers_of_two() {
   %y = Div(%x, %c)
 }
 "#;
-    let exact = SimplifyOptions { relaxed: false, ..SimplifyOptions::default() };
-    let (before, after, _) = run_on(src, exact);
+    let (before, after, _) = run_on(src, SimplifyOptions::default());
     assert_eq!(print(&after), print(&before));
+    // Relaxed mode multiplies by the rounded reciprocal instead.
+    let (_, after, _) = run_on(src, relaxed());
+    assert!(print(&after).contains("Mul(%x, "), "{}", print(&after));
 }
 
 #[test]
@@ -297,10 +310,10 @@ fn limits_are_reported() {
   %y = Mul(%b, %c)
 }
 "#;
-    let tight = SimplifyOptions { iter_limit: 1, ..SimplifyOptions::default() };
+    let tight = SimplifyOptions { iter_limit: 1, ..relaxed() };
     let (_, _, cx) = run_on(src, tight);
     assert_eq!(cx.statistics["simplify"].get("stop-iteration-limit"), Some(&1));
-    let (_, _, cx) = run_on(src, SimplifyOptions::default());
+    let (_, _, cx) = run_on(src, relaxed());
     assert_eq!(cx.statistics["simplify"].get("stop-saturated"), Some(&1));
 }
 
@@ -318,7 +331,7 @@ fn options_come_from_pipeline_text() {
         parse("graph @g(%x: f32[4]) -> (%y) {\n  %c = const f32[] 2.0\n  %a = Mul(%x, %c)\n  %y = Mul(%a, %c)\n}\n")
             .unwrap();
     infer_shapes(&mut g).unwrap();
-    let mut pass = r.build_str("simplify{iter-limit=1}").unwrap();
+    let mut pass = r.build_str("simplify{iter-limit=1,relaxed=true}").unwrap();
     let mut cx = PassContext::default();
     pass[0].run(&mut g, &mut cx).unwrap();
     assert_eq!(cx.statistics["simplify"].get("stop-iteration-limit"), Some(&1));
@@ -355,10 +368,13 @@ fn simplified_graphs_compute_the_same_values() {
   %z = Div(%s2, %three)
 }
 "#;
-    let (before, after, cx) = run_on(src, SimplifyOptions::default());
-    assert!(after.node_count() < before.node_count(), "{}", print(&after));
-    let diff = max_difference(&before, &after);
-    assert!(diff <= 1e-5, "outputs moved by {diff:e}\n{}", cx.reports["simplify"]);
+    // Exact laws keep every bit; relaxed ones may round differently.
+    for (options, tolerance) in [(SimplifyOptions::default(), 0.0), (relaxed(), 1e-5)] {
+        let (before, after, cx) = run_on(src, options);
+        assert!(after.node_count() < before.node_count(), "{}", print(&after));
+        let diff = max_difference(&before, &after);
+        assert!(diff <= tolerance, "outputs moved by {diff:e}\n{}", cx.reports["simplify"]);
+    }
 }
 
 #[test]
@@ -380,4 +396,33 @@ fn unknown_types_are_tolerated() {
     // Double negation needs no shapes; `* 1` needs them and stays.
     assert!(print(&g).contains("Mul(%x, %one)"), "{}", print(&g));
     assert!(matches!(g.value_type(g.outputs()[0].value), Type::Unknown | Type::Tensor(_)));
+}
+
+#[test]
+fn snapshot_through_the_pipeline_with_numeric_check() {
+    // By name in a pipeline, under the pass manager's verifier, with the
+    // interpreter checking every output before and after (b = 3, s = 5).
+    let out = crate::testing::PipelineTest::new("infer-shapes,simplify{node-limit=5000,relaxed=true},dce")
+        .check_numerics(1e-5)
+        .dim("s", 5)
+        .run(
+            r#"graph @head(%x: f32[b, s, 8], %mask: i64[b, s]) -> (%y, %m) {
+  %w = weight @w : f32[8, 8]
+  %kt = Transpose(%x) {perm = [0, 2, 1]}
+  %scores = MatMul(%x, %w)
+  %ctx = MatMul(%scores, %kt)
+  %d = const f32[] 4.0
+  %scaled = Div(%ctx, %d)
+  %one = const f32[] 1.0
+  %y = Mul(%scaled, %one)
+  %ax1 = const i64[1] [1]
+  %ax2 = const i64[1] [2]
+  %u1 = Unsqueeze(%mask, %ax1)
+  %m = Unsqueeze(%u1, %ax2)
+}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.max_abs_diff.iter().all(|(_, d)| *d <= 1e-5), "{:?}", out.max_abs_diff);
+    insta::assert_snapshot!("through_the_pipeline", out.diff());
 }
