@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand.
 
+mod compress;
 mod inspect;
 mod opt;
 mod run;
@@ -23,6 +24,8 @@ enum Command {
     Run(run::Args),
     /// Convert (and later optimise) a model: .onnx or .sharc in, .onnx or .sharc out.
     Opt(opt::Args),
+    /// Compress a model with a parameter-sharing method and report what it saved and cost.
+    Compress(compress::Args),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message on
@@ -33,6 +36,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Opt(a) => opt::run(a),
+        Command::Compress(a) => compress::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
