@@ -3,6 +3,7 @@
 mod compress;
 mod inspect;
 mod opt;
+mod passes;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -22,10 +23,12 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a model on inputs from a safetensors file.
     Run(run::Args),
-    /// Convert (and later optimise) a model: .onnx or .sharc in, .onnx or .sharc out.
+    /// Run a pass pipeline on a model: .onnx or .sharc in, .onnx or .sharc out.
     Opt(opt::Args),
     /// Compress a model with a parameter-sharing method and report what it saved and cost.
     Compress(compress::Args),
+    /// List the passes, their options and defaults.
+    Passes(passes::Args),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message on
@@ -37,6 +40,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Opt(a) => opt::run(a),
         Command::Compress(a) => compress::run(a),
+        Command::Passes(a) => passes::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

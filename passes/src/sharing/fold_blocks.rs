@@ -505,8 +505,10 @@ fn norm_sites(g: &Graph, an: &BlockAnalysis, b: usize) -> Vec<NormSite> {
             }
             _ => continue,
         };
-        if g.value_type(output).shape().and_then(|s| s.dims().last().and_then(|d| d.fixed()))
-            != Some(role.shape[0] as u64)
+        // The gain must scale the last dim (checked again on the data,
+        // where inference left the shape unknown).
+        if let Some(last) = g.value_type(output).shape().and_then(|s| s.dims().last().and_then(|d| d.fixed()))
+            && last != role.shape[0] as u64
         {
             continue;
         }
@@ -567,6 +569,13 @@ fn refit(
         for (k, site_sums) in sums.iter_mut().enumerate() {
             let (t, y) = (f32_data(&a.probes[k])?, f32_data(&c.probes[k])?);
             let d = site_sums.len();
+            if a.probes[k].shape().last() != Some(&d) {
+                return Err(format!(
+                    "norm output '{}' has shape {:?}; its gain of {d} must scale the last dim",
+                    names[k],
+                    a.probes[k].shape()
+                ));
+            }
             if t.len() != y.len() || !t.len().is_multiple_of(d) {
                 return Err(format!("norm output '{}' differs in shape between the models", names[k]));
             }

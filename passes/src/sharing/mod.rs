@@ -23,7 +23,8 @@ pub mod rewire;
 pub mod tie_layers;
 
 use crate::analysis::calibration::Pooling;
-use crate::{PassContext, PassError};
+use crate::options::deserialize_option;
+use crate::{OptionDoc, OptionError, PassContext, PassError, PassOptions, RegisteredPass, Registry};
 use report::StreamPoints;
 use sharc_ir::{Evaluator, Graph, Value};
 use std::collections::BTreeMap;
@@ -225,5 +226,201 @@ impl Method for CrashMethod {
             details: serde_json::to_value(&s).unwrap_or(serde_json::Value::Null),
             points,
         })
+    }
+}
+
+/// The names of the sharing passes [`register_sharing`] registers.
+pub const SHARING_PASSES: &[&str] = &[tie_layers::NAME, fold_blocks::NAME, crash::NAME];
+
+/// Registers the sharing passes (`tie-layers`, `fold-blocks`, `crash`) so
+/// pipelines can name them: `sharc opt -p "tie-layers{blocks=3,rank=32},dce"`.
+/// `fold-blocks` and `crash` measure activations, so they run only where the
+/// pass context carries an evaluator and calibration batches (as in
+/// `sharc compress`); elsewhere they fail saying so.
+pub fn register_sharing(registry: &mut Registry) {
+    registry.register::<tie_layers::TieLayers>();
+    registry.register::<fold_blocks::FoldBlocks>();
+    registry.register::<crash::Crash>();
+}
+
+/// Sets one option from a pipeline value through serde, as
+/// [`pass_options!`](crate::pass_options) does.
+fn set_field<T: serde::de::DeserializeOwned>(
+    slot: &mut T,
+    value: &crate::pipeline::OptionValue,
+    ty: &str,
+) -> Result<(), OptionError> {
+    *slot = deserialize_option::<T>(value, ty)?;
+    Ok(())
+}
+
+impl PassOptions for tie_layers::TieLayersOptions {
+    fn docs() -> Vec<OptionDoc> {
+        let d = Self::default();
+        let role_ranks: Vec<String> = d.role_ranks.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        vec![
+            OptionDoc::new("blocks", "usize", &d.blocks, "Shared blocks K left (alias `groups`)."),
+            OptionDoc::new(
+                "pattern",
+                "cycle|sequence",
+                &d.pattern,
+                "Layer l uses block (l mod K) or neighbours share.",
+            ),
+            OptionDoc::new("init", "stepwise|average|lower", &d.init, "How the shared weights start."),
+            OptionDoc::new(
+                "rank",
+                "uint|full",
+                &d.rank,
+                "LoRA rank of the per-depth corrections (0: purely recursive).",
+            ),
+            OptionDoc::new(
+                "role_ranks",
+                "Vec<String>",
+                &role_ranks,
+                "Ranks of single roles or kinds as role:rank, e.g. [ffn-out:64,k:8,norm-gain:0].",
+            ),
+        ]
+    }
+
+    fn set(&mut self, name: &str, value: &crate::pipeline::OptionValue) -> Result<(), OptionError> {
+        match name {
+            "blocks" | "groups" => set_field(&mut self.blocks, value, "usize"),
+            "pattern" => set_field(&mut self.pattern, value, "cycle|sequence"),
+            "init" => set_field(&mut self.init, value, "stepwise|average|lower"),
+            "rank" => set_field(&mut self.rank, value, "uint|full"),
+            "role-ranks" => {
+                let items: Vec<String> = deserialize_option(value, "Vec<String>")?;
+                for item in items {
+                    let parsed = item
+                        .split_once([':', '='])
+                        .ok_or_else(|| format!("'{item}' is not role:rank"))
+                        .and_then(|(role, r)| Ok((role.trim().to_string(), r.parse::<tie_layers::Rank>()?)));
+                    let (role, r) = parsed.map_err(|message| OptionError::Invalid { message, span: value.span })?;
+                    self.role_ranks.insert(role, r);
+                }
+                Ok(())
+            }
+            _ => Err(OptionError::Unknown),
+        }
+    }
+}
+
+impl RegisteredPass for tie_layers::TieLayers {
+    type Options = tie_layers::TieLayersOptions;
+    const NAME: &'static str = tie_layers::NAME;
+    const SUMMARY: &'static str = "Relaxed Recursive Transformers: tie L repeated blocks into K, with per-depth LoRA";
+    fn new(options: Self::Options) -> Self {
+        tie_layers::TieLayers::new(options)
+    }
+}
+
+impl PassOptions for fold_blocks::FoldBlocksOptions {
+    fn docs() -> Vec<OptionDoc> {
+        let d = Self::default();
+        vec![
+            OptionDoc::new("remove", "usize", &d.remove, "Blocks to remove (ignored when `rate` is given)."),
+            OptionDoc::new("rate", "Option<f64>", &d.rate, "Fraction of blocks to remove."),
+            OptionDoc::new("group", "usize", &d.group, "Retained blocks per weight-sharing group (1: no sharing)."),
+            OptionDoc::new("share", "representative|average", &d.share, "How a group's shared weights are chosen."),
+            OptionDoc::new(
+                "importance",
+                "block-influence|angular|last",
+                &d.importance,
+                "How blocks are ranked for removal.",
+            ),
+            OptionDoc::new("refit_norms", "bool", &d.refit_norms, "Refit the private norms by least squares."),
+        ]
+    }
+
+    fn set(&mut self, name: &str, value: &crate::pipeline::OptionValue) -> Result<(), OptionError> {
+        match name {
+            "remove" => set_field(&mut self.remove, value, "usize"),
+            "rate" => set_field(&mut self.rate, value, "Option<f64>"),
+            "group" => set_field(&mut self.group, value, "usize"),
+            "share" => set_field(&mut self.share, value, "representative|average"),
+            "importance" => set_field(&mut self.importance, value, "block-influence|angular|last"),
+            "refit-norms" => set_field(&mut self.refit_norms, value, "bool"),
+            _ => Err(OptionError::Unknown),
+        }
+    }
+}
+
+impl RegisteredPass for fold_blocks::FoldBlocks {
+    type Options = fold_blocks::FoldBlocksOptions;
+    const NAME: &'static str = fold_blocks::NAME;
+    const SUMMARY: &'static str =
+        "FoldGPT: remove the blocks of least Block Influence, share weights in groups, refit norms (needs calibration)";
+    fn new(options: Self::Options) -> Self {
+        fold_blocks::FoldBlocks::new(options)
+    }
+}
+
+impl PassOptions for crash::CrashOptions {
+    fn docs() -> Vec<OptionDoc> {
+        let d = Self::default();
+        vec![
+            OptionDoc::new("clusters", "usize", &d.clusters, "Clusters (unique layers) kept."),
+            OptionDoc::new("pooling", "mean|mean-weighted|last|max", &d.pooling, "How hidden states are pooled."),
+            OptionDoc::new("mode", "share|remove", &d.mode, "Share the kept layers or remove the others."),
+        ]
+    }
+
+    fn set(&mut self, name: &str, value: &crate::pipeline::OptionValue) -> Result<(), OptionError> {
+        match name {
+            "clusters" => set_field(&mut self.clusters, value, "usize"),
+            "pooling" => set_field(&mut self.pooling, value, "mean|mean-weighted|last|max"),
+            "mode" => set_field(&mut self.mode, value, "share|remove"),
+            _ => Err(OptionError::Unknown),
+        }
+    }
+}
+
+impl RegisteredPass for crash::Crash {
+    type Options = crash::CrashOptions;
+    const NAME: &'static str = crash::NAME;
+    const SUMMARY: &'static str =
+        "CRaSh: cluster layers by linear CKA, keep the middle of each, share or remove the rest (needs calibration)";
+    fn new(options: Self::Options) -> Self {
+        crash::Crash::new(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharing_passes_build_from_pipeline_text() {
+        let mut r = Registry::with_standard_passes();
+        register_sharing(&mut r);
+        let passes = r
+            .build_str(
+                "tie-layers{groups=3,init=stepwise,rank=full,role-ranks=[ffn-out:64,k:8]},\
+                 fold-blocks{remove=2,group=3,share=average,refit-norms=false,rate=0.5},\
+                 crash{clusters=2,pooling=mean-weighted,mode=remove},dce",
+            )
+            .unwrap();
+        let names: Vec<&str> = passes.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["tie-layers", "fold-blocks", "crash", "dce"]);
+        let e = r.build_str("tie-layers{init=middle}").err().unwrap().to_string();
+        assert!(e.contains("init"), "{e}");
+        let e = r.build_str("tie-layers{role-ranks=[q]}").err().unwrap().to_string();
+        assert!(e.contains("not role:rank"), "{e}");
+        let e = r.build_str("crash{clustres=2}").err().unwrap().to_string();
+        assert!(e.contains("clusters"), "{e}");
+        for name in SHARING_PASSES {
+            assert!(!r.get(name).unwrap().options.is_empty());
+        }
+    }
+
+    #[test]
+    fn presets_exist_for_every_method_and_build() {
+        for (m, _) in METHODS {
+            for p in ["light", "medium", "strong"] {
+                let s = preset_settings(m, p).unwrap();
+                assert!(method(m, &s).is_ok(), "{m}/{p}: {s:?}");
+            }
+        }
+        assert!(preset_settings("tie", "huge").unwrap_err().contains("light, medium, strong"));
     }
 }

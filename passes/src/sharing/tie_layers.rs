@@ -567,7 +567,7 @@ fn build_effective(
 ) -> Result<ValueRef, PassError> {
     let ty = |s: &[usize]| Type::tensor(dtype, sharc_ir::Shape::fixed(s));
     let base = g.weight_value(shared);
-    let mut node = |g: &mut Graph, op: Op, ins: &[ValueRef], hint: &str, out: &[usize]| -> ValueRef {
+    let node = |g: &mut Graph, op: Op, ins: &[ValueRef], hint: &str, out: &[usize]| -> ValueRef {
         let name = g.fresh_name(hint);
         let ins: Vec<Option<ValueRef>> = ins.iter().copied().map(Some).collect();
         let id = g.add_node(op, "", &ins, vec![ValueInfo::new(name, ty(out))]);
