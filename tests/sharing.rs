@@ -99,8 +99,9 @@ fn moe_tiny_has_four_decoder_layers_with_experts() {
     println!("{}", an.summary(&g));
     assert_eq!(an.len(), 4);
     let r = roles(&an);
-    for want in
-        ["q", "k", "v", "o", "router", "expert0.ffn-gate", "expert0.ffn-up", "expert0.ffn-out", "expert7.ffn-out"]
+    // The exporter fuses each expert's gate and up projections into one
+    // [128, 512] matrix that a Split cuts in two: one `ffn-in`.
+    for want in ["q", "k", "v", "o", "router", "expert0.ffn-in", "expert0.ffn-out", "expert7.ffn-in", "expert7.ffn-out"]
     {
         assert!(r.contains(&want), "missing role {want} in {r:?}");
     }

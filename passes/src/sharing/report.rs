@@ -43,7 +43,12 @@ pub enum Task {
 /// dim equals the row count of an embedding table indexed by an integer
 /// graph input produces logits over that vocabulary (a decoder); otherwise
 /// its output is treated as hidden states (an encoder).
-pub fn detect_task(g: &Graph) -> Task {
+pub fn detect_task(graph: &Graph) -> Task {
+    // Imported graphs type only their inputs and outputs; the dtypes of the
+    // index values come from inference (on a copy: detection changes nothing).
+    let mut typed = graph.clone();
+    let _ = sharc_ir::infer_shapes(&mut typed);
+    let g = &typed;
     let Some(out) = g.outputs().first() else { return Task::Encoder };
     let Some(last) = g.value_type(out.value).shape().and_then(|s| s.dims().last().and_then(|d| d.fixed())) else {
         return Task::Encoder;
