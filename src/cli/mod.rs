@@ -26,7 +26,7 @@ enum Command {
     /// Run a pass pipeline on a model: .onnx or .sharc in, .onnx or .sharc out.
     Opt(opt::Args),
     /// Compress a model with a parameter-sharing method and report what it saved and cost.
-    Compress(compress::Args),
+    Compress(Box<compress::Args>),
     /// List the passes, their options and defaults.
     Passes(passes::Args),
 }
@@ -39,7 +39,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Opt(a) => opt::run(a),
-        Command::Compress(a) => compress::run(a),
+        Command::Compress(a) => compress::run(*a),
         Command::Passes(a) => passes::run(a),
     };
     match result {

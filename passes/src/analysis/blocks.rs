@@ -344,11 +344,15 @@ impl Builder<'_, '_> {
     }
 }
 
+/// The best run so far: (adds covered, blocks), adds per block, the blocks
+/// and their matchings against the first.
+type BestRun = ((usize, usize), usize, Vec<Candidate>, Vec<Matching>);
+
 fn best_run(ix: &Index, adds: &[ResidualAdd]) -> Result<BlockAnalysis, BlockError> {
     let m = adds.len();
     let mut b = Builder { ix, adds, regions: HashMap::new() };
     // (adds covered, blocks, template first add), the run and matchings.
-    let mut best: Option<((usize, usize), usize, Vec<Candidate>, Vec<Matching>)> = None;
+    let mut best: Option<BestRun> = None;
     let mut first_failure: Option<(usize, String)> = None;
     for p in 1..=m / 2 {
         if best.as_ref().is_some_and(|(score, ..)| score.0 == m) {

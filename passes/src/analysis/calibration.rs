@@ -395,6 +395,8 @@ impl Representations {
             return Err(format!("CKA needs at least 2 samples, {} were collected", self.samples()));
         }
         let mut m = vec![vec![f64::NAN; n]; n];
+        // A symmetric fill: each pair is computed once and written twice.
+        #[allow(clippy::needless_range_loop)]
         for i in 0..n {
             for j in i..n {
                 let v = linear_cka(&self.layers[i], &self.layers[j]).unwrap_or(f64::NAN);
