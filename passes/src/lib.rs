@@ -15,6 +15,11 @@
 //! - [`standard`]: `infer-shapes`, `canonicalize`, `cse`, `fold-constants`
 //!   and `dce`.
 //! - [`testing`]: snapshot-test helpers (`run_pipeline(src, "cse")`).
+//! - [`analysis`]: repeated-block detection, calibration runs and the
+//!   similarity measures the sharing passes build on.
+//! - [`sharing`]: the parameter-sharing passes (`tie-layers`,
+//!   `fold-blocks`, `crash`), their compression reports and the methods
+//!   `sharc compress` runs.
 //!
 //! # Writing a pass
 //!
@@ -29,6 +34,7 @@
 //!
 //! `examples/custom_pass.rs` in the repository does all four.
 
+pub mod analysis;
 mod manager;
 pub mod options;
 mod pass;
@@ -36,6 +42,7 @@ pub mod patch;
 pub mod pipeline;
 mod registry;
 pub mod rewrite;
+pub mod sharing;
 pub mod standard;
 pub mod testing;
 
