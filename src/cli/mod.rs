@@ -1,5 +1,8 @@
 //! Command-line interface: one file per subcommand.
 
+mod backend;
+mod bench;
+mod compile;
 mod inspect;
 mod opt;
 mod run;
@@ -23,6 +26,10 @@ enum Command {
     Run(run::Args),
     /// Convert (and later optimise) a model: .onnx or .sharc in, .onnx or .sharc out.
     Opt(opt::Args),
+    /// Measure latency, throughput and memory on a backend, optionally against a peer.
+    Bench(bench::Args),
+    /// Compile a model to an object file with a C entry point (and its header).
+    Compile(compile::Args),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message on
@@ -33,6 +40,8 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Opt(a) => opt::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Compile(a) => compile::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
