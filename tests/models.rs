@@ -7,8 +7,11 @@ use sharc::data::read_safetensors;
 use sharc::ir::{Evaluator, Graph, Tensor, Value};
 use std::path::Path;
 
+/// A model, its interpreter outputs by name, and onnxruntime's reference file.
+type RefRun = (Graph, Vec<(String, Tensor)>, sharc::data::TensorFile);
+
 /// Runs `model` on the reference inputs and returns (outputs by name, reference file).
-fn run_reference(name: &str) -> Option<(Graph, Vec<(String, Tensor)>, sharc::data::TensorFile)> {
+fn run_reference(name: &str) -> Option<RefRun> {
     let shared = common::shared_dir()?;
     let model = shared.join("models").join(format!("{name}.onnx"));
     let data_path = shared.join("models").join(format!("{name}.data.safetensors"));

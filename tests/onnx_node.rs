@@ -37,8 +37,14 @@ impl fmt::Display for Status {
 /// Tolerances for cases whose reference outputs were computed at a precision
 /// sharc's interpreter legitimately differs from (documented per case).
 fn tolerance(case: &str) -> (f64, f64) {
+    // The inverse DFT's reference was computed in f32: a bin that is exactly 0
+    // comes out as f32 round-off of the signal's magnitude (~54 * 2^-24 ≈ 3e-6),
+    // while sharc accumulates in f64 and gets ~1e-15. The absolute tolerance
+    // must cover the reference's own rounding, not sharc's.
+    if case.starts_with("test_dft_inverse") {
+        return (1e-3, 1e-5);
+    }
     // Defaults from onnx.backend.test.runner.
-    let _ = case;
     (1e-3, 1e-7)
 }
 
@@ -143,7 +149,7 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 
 fn run_case(dir: &Path) -> (Status, String) {
     let case = dir.file_name().unwrap_or_default().to_string_lossy().to_string();
-    let g = match sharc::onnx::import_file(&dir.join("model.onnx")) {
+    let g = match sharc::onnx::import_file(dir.join("model.onnx")) {
         Ok(g) => g,
         Err(e) => return (Status::Fail, format!("import: {e}")),
     };

@@ -95,9 +95,8 @@ impl Weight {
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| format!("weight '{name}': shape {shape:?} is too large"))?;
-        let want = dtype
-            .storage_bytes(n)
-            .ok_or_else(|| format!("weight '{name}': {dtype}{shape:?} cannot be mapped"))?;
+        let want =
+            dtype.storage_bytes(n).ok_or_else(|| format!("weight '{name}': {dtype}{shape:?} cannot be mapped"))?;
         if want != len {
             return Err(format!("weight '{name}': {dtype}{shape:?} needs {want} bytes, the file gives {len}"));
         }

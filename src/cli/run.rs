@@ -5,7 +5,7 @@ use sharc::Error;
 use sharc::data::{TensorFile, read_safetensors, write_safetensors};
 use sharc::ir::{DType, Dim, Graph, Tensor, Type, Value};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `sharc run`.
 #[derive(clap::Args)]
@@ -73,14 +73,14 @@ pub fn run(a: Args) -> Result<(), Error> {
 }
 
 /// Compares outputs with reference tensors of the same names.
-fn compare(got: &TensorFile, reference: &PathBuf, tolerance: f64) -> Result<(), Error> {
+fn compare(got: &TensorFile, reference: &Path, tolerance: f64) -> Result<(), Error> {
     let want = read_safetensors(reference)?;
     let mut worst = 0.0f64;
     for (name, t) in &got.tensors {
         let w = want.get(name, reference)?;
         if w.shape() != t.shape() {
             return Err(Error::Data {
-                path: reference.clone(),
+                path: reference.to_path_buf(),
                 message: format!("'{name}' has shape {:?} but the model produced {:?}", w.shape(), t.shape()),
             });
         }
@@ -112,7 +112,7 @@ fn summary(t: &Tensor) -> String {
     }
 }
 
-pub(crate) fn inputs_from_file(g: &Graph, path: &PathBuf) -> Result<Vec<Value>, Error> {
+pub(crate) fn inputs_from_file(g: &Graph, path: &Path) -> Result<Vec<Value>, Error> {
     let file = read_safetensors(path)?;
     g.input_values()
         .iter()
@@ -123,7 +123,7 @@ pub(crate) fn inputs_from_file(g: &Graph, path: &PathBuf) -> Result<Vec<Value>, 
                 && d != t.dtype()
             {
                 return Err(Error::Data {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     message: format!("input '{name}' must be {d}, the file has {}", t.dtype()),
                 });
             }

@@ -5,8 +5,10 @@
 //! values bring their types and known elements from the enclosing graph, and
 //! the node's outputs come from the body's outputs.
 //!
-//! - `If`: both branches are inferred; with a known condition the taken
-//!   branch's outputs are exact, otherwise the branches' types are joined.
+//! - `If`: both branches are inferred and their types joined. With a known
+//!   condition the taken branch gives the outputs, and the other branch is
+//!   inferred on a copy that is kept only if it succeeds: dead code (of a
+//!   function expansion, say) may well be invalid for the shapes at hand.
 //! - `Loop` and `Scan`: loop-carried types are widened to a fixpoint on a copy
 //!   of the body (a dim that changes between iterations becomes a fresh
 //!   symbol), then the body is inferred once with the final types. Scan
@@ -88,7 +90,7 @@ pub(super) fn infer_sequence(cx: &mut OpCx) -> RuleResult {
                     let mut d: Vec<Expr> = s.dims().iter().map(Expr::from_dim).collect();
                     if c.new_axis {
                         let r = d.len() as i64 + 1;
-                        let a = if c.axis < 0 { c.axis + r } else { c.axis };
+                        let a = super::from_end(c.axis, r);
                         if a < 0 || a >= r {
                             return Err(format!("axis {} is out of range for rank {r}", c.axis));
                         }
@@ -226,8 +228,33 @@ pub(super) fn infer_with_bodies(
             {
                 return Err(fail(format!("the condition must be bool, found {}", t.dtype)));
             }
+            // With a known condition only one branch runs: the other is
+            // inferred on a copy and kept only if it is consistent, since it
+            // may well be invalid for these shapes (dead code of a function
+            // expansion, say).
+            let cond =
+                regular.first().and_then(|f| f.as_ref()).and_then(|f| f.value.as_ref()).and_then(|v| v.as_ints());
+            let taken = match cond.as_deref() {
+                Some([c]) => Some(*c != 0),
+                _ => None,
+            };
             let mut branch_outs = Vec::new();
-            for (which, body) in [("then", &mut a.then_branch), ("else", &mut a.else_branch)] {
+            for (is_then, body) in [(true, &mut a.then_branch), (false, &mut a.else_branch)] {
+                let which = if is_then { "then" } else { "else" };
+                let dead = taken.is_some_and(|t| t != is_then);
+                if dead {
+                    let mut copy = (**body).clone();
+                    let mut dead_stats = InferStats::default();
+                    let ok = bind_captures(&mut copy, caps)
+                        .ok()
+                        .and_then(|vals| infer_graph(&mut copy, &vals, label, &mut dead_stats).ok());
+                    if ok.is_some() {
+                        **body = copy;
+                        add_stats(stats, &dead_stats);
+                    }
+                    branch_outs.push(None);
+                    continue;
+                }
                 let vals = bind_captures(body, caps).map_err(|m| fail(format!("{which} branch: {m}")))?;
                 let outs = infer_graph(body, &vals, label, stats)?;
                 if outs.len() != names.len() {
@@ -237,21 +264,14 @@ pub(super) fn infer_with_bodies(
                         names.len()
                     )));
                 }
-                branch_outs.push(outs);
+                branch_outs.push(Some(outs));
             }
-            let else_outs = branch_outs.pop().unwrap_or_default();
-            let then_outs = branch_outs.pop().unwrap_or_default();
-            let cond =
-                regular.first().and_then(|f| f.as_ref()).and_then(|f| f.value.as_ref()).and_then(|v| v.as_ints());
-            match cond {
-                Some(c) if c.len() == 1 => {
-                    if c[0] != 0 {
-                        then_outs
-                    } else {
-                        else_outs
-                    }
-                }
-                _ => {
+            let else_outs = branch_outs.pop().flatten();
+            let then_outs = branch_outs.pop().flatten();
+            match (then_outs, else_outs) {
+                (Some(t), None) => t,
+                (None, Some(e)) => e,
+                (Some(then_outs), Some(else_outs)) => {
                     let mut joined = Vec::with_capacity(names.len());
                     for (i, (t, e)) in then_outs.iter().zip(&else_outs).enumerate() {
                         let ty = join_types(&t.ty, &e.ty, &mut namer, i).ok_or_else(|| {
@@ -262,6 +282,7 @@ pub(super) fn infer_with_bodies(
                     }
                     joined
                 }
+                (None, None) => vec![Fact::of_type(Type::Unknown); names.len()],
             }
         }
         Op::Loop(l) => {
@@ -279,7 +300,7 @@ pub(super) fn infer_with_bodies(
             let scalar = |d| Type::tensor(d, Shape::scalar());
             let initial: Vec<Type> =
                 (0..n_carried).map(|i| regular.get(2 + i).cloned().flatten().map_or(Type::Unknown, |f| f.ty)).collect();
-            let carried = widen_to_fixpoint(
+            let (carried, finals) = widen_to_fixpoint(
                 body,
                 &initial,
                 &[scalar(DType::I64), scalar(DType::Bool)],
@@ -305,7 +326,7 @@ pub(super) fn infer_with_bodies(
                 Some(m) if cond_absent => m.maximum(&Expr::zero()),
                 _ => namer.fresh(n_carried),
             };
-            let mut facts: Vec<Fact> = carried.into_iter().map(Fact::of_type).collect();
+            let mut facts: Vec<Fact> = finals.into_iter().map(Fact::of_type).collect();
             for j in 0..k {
                 facts.push(Fact::of_type(stacked(&outs[1 + n_carried + j].ty, &trip, 0).map_err(fail)?));
             }
@@ -357,7 +378,8 @@ pub(super) fn infer_with_bodies(
             }
             let initial: Vec<Type> =
                 (0..n_state).map(|i| regular[i].as_ref().map_or(Type::Unknown, |f| f.ty.clone())).collect();
-            let carried = widen_to_fixpoint(body, &initial, &slices, 0, &vals, label, &mut namer).map_err(fail)?;
+            let (carried, finals) =
+                widen_to_fixpoint(body, &initial, &slices, 0, &vals, label, &mut namer).map_err(fail)?;
             let mut tys = carried.clone();
             tys.extend(slices);
             bind_inputs(body, &tys, &namer.made).map_err(fail)?;
@@ -366,7 +388,7 @@ pub(super) fn infer_with_bodies(
                 Some(l) => l,
                 None => namer.fresh(n_state),
             };
-            let mut facts: Vec<Fact> = carried.into_iter().map(Fact::of_type).collect();
+            let mut facts: Vec<Fact> = finals.into_iter().map(Fact::of_type).collect();
             for j in 0..k {
                 facts.push(Fact::of_type(stacked(&outs[n_state + j].ty, &len, out_axes[j]).map_err(fail)?));
             }
@@ -408,11 +430,45 @@ pub(super) fn infer_with_bodies(
     Ok((facts, namer.made))
 }
 
+fn add_stats(into: &mut InferStats, s: &InferStats) {
+    into.nodes += s.nodes;
+    into.values += s.values;
+    into.changed += s.changed;
+    into.known_dtype += s.known_dtype;
+    into.known_shape += s.known_shape;
+    into.exact_shape += s.exact_shape;
+    into.fixed_shape += s.fixed_shape;
+    into.unknown += s.unknown;
+}
+
+/// Joins a loop-carried type with the type the body gives it back. ONNX lets
+/// an optional initial value meet a plain body output (and the other way
+/// round): the body input keeps the optional, while the node's output takes
+/// the body's kind, as ONNX's own inference does. Returns the types for the
+/// body input and for the node output.
+fn join_carried(prev: &Type, next: &Type, namer: &mut Namer, port: usize) -> Option<(Type, Type)> {
+    if let Some(j) = join_types(prev, next, namer, port) {
+        return Some((j.clone(), j));
+    }
+    match (prev, next) {
+        (Type::Optional(p), n) => {
+            let j = join_types(p, n, namer, port)?;
+            Some((Type::Optional(Box::new(j.clone())), j))
+        }
+        (p, Type::Optional(n)) => {
+            let j = join_types(p, n, namer, port)?;
+            Some((j.clone(), Type::Optional(Box::new(j))))
+        }
+        _ => None,
+    }
+}
+
 /// Finds loop-carried types that hold in every iteration: starting from the
 /// initial types, infers a copy of the body and joins each carried input with
 /// the matching body output until nothing changes. `extra` are the body
 /// inputs that are not carried (before them for `Loop`, after for `Scan`);
-/// `first_out` is the index of the first carried body output.
+/// `first_out` is the index of the first carried body output. Returns the
+/// types for the body inputs and for the node outputs.
 fn widen_to_fixpoint(
     body: &Graph,
     initial: &[Type],
@@ -421,9 +477,10 @@ fn widen_to_fixpoint(
     caps: &[Option<SymTensor>],
     label: &str,
     namer: &mut Namer,
-) -> Result<Vec<Type>, String> {
+) -> Result<(Vec<Type>, Vec<Type>), String> {
     let loop_like = first_out == 1;
     let mut carried = initial.to_vec();
+    let mut node_types = initial.to_vec();
     for _ in 0..8 {
         let mut trial = body.clone();
         let mut tys: Vec<Type> = Vec::new();
@@ -439,25 +496,24 @@ fn widen_to_fixpoint(
         let mut changed = false;
         for (i, c) in carried.iter_mut().enumerate() {
             let after = outs.get(first_out + i).map_or(Type::Unknown, |f| f.ty.clone());
-            let j = join_types(c, &after, namer, i)
+            let (j, n) = join_carried(c, &after, namer, i)
                 .ok_or_else(|| format!("loop-carried value {i} changes type from {c} to {after}"))?;
+            node_types[i] = n;
             if j != *c {
                 *c = j;
                 changed = true;
             }
         }
         if !changed {
-            return Ok(carried);
+            return Ok((carried, node_types));
         }
     }
     // No fixpoint within the budget: only the element types are certain.
-    Ok(carried
-        .into_iter()
-        .map(|t| match t.dtype() {
-            Some(d) => Type::Tensor(TensorType::unranked(d)),
-            None => t,
-        })
-        .collect())
+    let erase = |t: Type| match t.dtype() {
+        Some(d) => Type::Tensor(TensorType::unranked(d)),
+        None => t,
+    };
+    Ok((carried.into_iter().map(erase).collect(), node_types.into_iter().map(erase).collect()))
 }
 
 /// The type of a scan output: the body's per-iteration type with the trip
@@ -467,7 +523,7 @@ fn stacked(per_iter: &Type, len: &Expr, axis: i64) -> Result<Type, String> {
         Type::Tensor(t) => match &t.shape {
             Some(s) => {
                 let r = s.rank() as i64 + 1;
-                let a = if axis < 0 { axis + r } else { axis };
+                let a = super::from_end(axis, r);
                 if a < 0 || a >= r {
                     return Err(format!("scan output axis {axis} is out of range for rank {r}"));
                 }

@@ -52,7 +52,7 @@ pub(super) fn infer(cx: &mut OpCx) -> RuleResult {
             Ok(vec![out(Some(DType::String), shape)?])
         }
         Op::TfIdfVectorizer(t) => {
-            let n = t.ngram_indexes.iter().copied().max().map_or(0, |m| m + 1);
+            let n = t.ngram_indexes.iter().copied().max().map_or(0, |m| m.saturating_add(1));
             let shape = match cx.shape_of_rank(0, "the input", |r| r == 1 || r == 2)? {
                 Some(x) if x.len() == 2 => Some(vec![x[0].clone(), Expr::int(n)]),
                 Some(_) => Some(vec![Expr::int(n)]),

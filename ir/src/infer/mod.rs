@@ -12,7 +12,7 @@
 //! A dim is [`Dim::Fixed`] or [`Dim::Sym`]. Inference computes with
 //! [`Expr`]essions over symbols (see [`symbolic`]) and writes a derived dim
 //! back as a `Dim::Sym` holding the expression's canonical text: `batch*seq`,
-//! `seq-1`, `(h-3)//2+1`, `min(seq, 512)`, `bcast(a, b)`. Equal expressions
+//! `seq-1`, `(h+1)//2`, `min(512, seq)`, `bcast(a, b)`. Equal expressions
 //! always print identically, and a later run reads the text back into the same
 //! expression, so derived dims compare equal wherever they are equal as
 //! polynomials. `Dim` itself is unchanged.
@@ -97,7 +97,8 @@ impl fmt::Display for InferError {
 impl std::error::Error for InferError {}
 
 /// What one run of [`infer_shapes`] found, counted over every node output
-/// in the graph and its bodies (graph inputs are not counted).
+/// in the graph and its bodies (graph inputs, weights and constants
+/// included).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InferStats {
     /// Nodes visited (sources included).
@@ -359,10 +360,16 @@ pub(crate) fn out_value(
     Ok(f)
 }
 
+/// Counts a negative axis from the end of a rank, without overflowing on
+/// absurd attribute values.
+pub(crate) fn from_end(axis: i64, rank: i64) -> i64 {
+    if axis < 0 { axis.saturating_add(rank) } else { axis }
+}
+
 /// Normalises an axis against a rank (`-1` is the last dim).
 pub(crate) fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
-    let a = if axis < 0 { axis + r } else { axis };
+    let a = from_end(axis, r);
     if a < 0 || a >= r {
         return Err(format!("axis {axis} is out of range for rank {rank}"));
     }
@@ -907,6 +914,61 @@ mod tests {
         let s2 = run(&mut g);
         assert_eq!(s2.changed, 0);
         assert!(g.structurally_equal(&before));
+    }
+
+    /// Derived dims survive the IR text format, and inference on the parsed
+    /// graph recognises them (nothing changes).
+    #[test]
+    fn derived_dims_round_trip_through_text() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", t(DType::F32, &["batch", "seq", "8"]));
+        let y = g.add_input("y", t(DType::F32, &["n", "1", "8"]));
+        let a = g.add_op(Op::Binary(BinaryOp::Add), &[x, y], Type::Unknown);
+        let s = g.add_constant("starts", Tensor::from_vec(&[1], vec![1i64]));
+        let e = g.add_constant("ends", Tensor::from_vec(&[1], vec![i64::MAX]));
+        let ax = g.add_constant("axes", Tensor::from_vec(&[1], vec![1i64]));
+        let st = g.add_constant("steps", Tensor::from_vec(&[1], vec![2i64]));
+        let sl = g.add_op(Op::Slice, &[a, s, e, ax, st], Type::Unknown);
+        let shape = g.add_constant("shape", Tensor::from_vec(&[2], vec![-1i64, 8]));
+        let r = g.add_op(Op::Reshape(crate::op::Reshape { allowzero: false }), &[sl, shape], Type::Unknown);
+        g.add_output("r", r);
+        run(&mut g);
+        assert_eq!(ty_of(&g, a), "f32[\"bcast(batch, n)\", seq, 8]");
+        // x[1::2] along seq: ceil((seq-1)/2) elements, none when seq is 0.
+        assert_eq!(ty_of(&g, sl), "f32[\"bcast(batch, n)\", \"(max(0, seq-1)+1)//2\", 8]");
+        let text = crate::text::print(&g);
+        let mut back = crate::text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(back.structurally_equal(&g), "{text}");
+        assert_eq!(run(&mut back).changed, 0);
+        assert_eq!(crate::text::print(&back), text);
+    }
+
+    #[test]
+    fn small_weights_are_known_values() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", t(DType::F32, &["batch", "seq", "384"]));
+        let shape = g.add_weight(Weight::from_tensor("shape", Tensor::from_vec(&[4], vec![0i64, 0, 12, -1])));
+        let r = g.add_op(Op::Reshape(crate::op::Reshape { allowzero: false }), &[x, shape], Type::Unknown);
+        g.add_output("r", r);
+        run(&mut g);
+        assert_eq!(ty_of(&g, r), "f32[batch, seq, 12, 32]");
+    }
+
+    #[test]
+    fn opaque_outputs_keep_their_declared_types() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", t(DType::F32, &["n"]));
+        let op =
+            Op::Opaque(crate::Opaque { domain: "custom".into(), op_type: "Thing".into(), attrs: Default::default() });
+        let declared = g.add_op(op.clone(), &[x], t(DType::F32, &["n", "2"]));
+        let untyped = g.add_op(op, &[x], Type::Unknown);
+        let y = g.add_op(Op::Unary(crate::UnaryOp::Relu), &[declared], Type::Unknown);
+        g.add_output("y", y);
+        let stats = run(&mut g);
+        assert_eq!(ty_of(&g, declared), "f32[n, 2]");
+        assert_eq!(ty_of(&g, untyped), "?");
+        assert_eq!(ty_of(&g, y), "f32[n, 2]");
+        assert_eq!(stats.unknown, 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::elementwise::{broadcast, passthrough, same_dtype};
 use super::symbolic::Expr;
 use super::value::{MAX_TRACKED, SymData, SymTensor, broadcast_concrete, broadcast_index, remap};
 use super::{OpCx, RuleResult, norm_axes, norm_axis, out, out_value, show};
-use crate::op::{KeepAspectRatio, Resize};
+use crate::op::{CoordinateTransform, KeepAspectRatio, Resize};
 use crate::{DType, Op};
 
 pub(super) fn infer(cx: &mut OpCx) -> RuleResult {
@@ -111,6 +111,17 @@ fn concrete(dims: &[Expr]) -> Option<Vec<usize>> {
 fn vector_len(cx: &OpCx, port: usize, what: &str) -> Result<Option<usize>, String> {
     match cx.shape(port) {
         Some(s) if s.len() != 1 => Err(format!("{what} must be 1-D, found shape {}", show(&s))),
+        Some(s) => Ok(s[0].as_int().map(|v| v as usize)),
+        None => Ok(cx.value(port).map(|v| v.len())),
+    }
+}
+
+/// Like [`vector_len`] for lists of axes, which ONNX's own function
+/// expansions also pass as scalars (one axis).
+pub(crate) fn axes_len(cx: &OpCx, port: usize) -> Result<Option<usize>, String> {
+    match cx.shape(port) {
+        Some(s) if s.is_empty() => Ok(Some(1)),
+        Some(s) if s.len() != 1 => Err(format!("axes must be 1-D, found shape {}", show(&s))),
         Some(s) => Ok(s[0].as_int().map(|v| v as usize)),
         None => Ok(cx.value(port).map(|v| v.len())),
     }
@@ -235,15 +246,17 @@ fn bound(v: &Expr, d: &Expr, upper: bool) -> Option<Bound> {
 pub(crate) fn slice_len(d: &Expr, s: &Expr, e: &Expr, k: &Expr) -> Option<Expr> {
     let k = k.as_int()?;
     if let (Some(d), Some(s), Some(e)) = (d.as_int(), s.as_int(), e.as_int()) {
-        let (s, e) = (if s < 0 { s.saturating_add(d) } else { s }, if e < 0 { e.saturating_add(d) } else { e });
+        // In i128 so that extreme steps and bounds cannot overflow.
+        let (d, k) = (d as i128, k as i128);
+        let (s, e) = (if s < 0 { s as i128 + d } else { s as i128 }, if e < 0 { e as i128 + d } else { e as i128 });
         let n = if k > 0 {
             let (s, e) = (s.clamp(0, d), e.clamp(0, d));
             if e > s { (e - s + k - 1) / k } else { 0 }
         } else {
             let (s, e) = (s.clamp(0, (d - 1).max(0)), e.clamp(-1, d - 1));
-            if d == 0 || s <= e { 0 } else { (s - e + (-k) - 1) / (-k) }
+            if d == 0 || s <= e { 0 } else { (s - e - k - 1) / (-k) }
         };
-        return Some(Expr::int(n));
+        return i64::try_from(n).ok().map(Expr::int);
     }
     let zero = Expr::zero();
     if k > 0 {
@@ -325,7 +338,7 @@ fn slice(cx: &mut OpCx) -> RuleResult {
                     let dim = src[a] as i64;
                     let s = if s < 0 { s.saturating_add(dim) } else { s };
                     let s = if k > 0 { s.clamp(0, dim) } else { s.clamp(0, dim - 1) };
-                    at[a] = usize::try_from(s + (o[a] as i64) * k).ok()?;
+                    at[a] = usize::try_from((o[a] as i64).checked_mul(k)?.checked_add(s)?).ok()?;
                 }
                 Some(())
             })
@@ -344,7 +357,7 @@ fn squeeze(cx: &mut OpCx) -> RuleResult {
         match cx.ints(1) {
             Some(a) => norm_axes(&a, d.len())?,
             None => {
-                let n = vector_len(cx, 1, "axes")?;
+                let n = axes_len(cx, 1)?;
                 // Which dims go is unknown, but only size-1 dims can go: if
                 // exactly n dims could be 1, those are the ones.
                 let maybe: Vec<usize> = (0..d.len()).filter(|&i| could_be_one(&d[i])).collect();
@@ -386,7 +399,7 @@ fn could_be_one(e: &Expr) -> bool {
 
 fn unsqueeze(cx: &mut OpCx) -> RuleResult {
     let dtype = cx.dtype(0);
-    let n = vector_len(cx, 1, "axes")?;
+    let n = axes_len(cx, 1)?;
     let d = cx.shape(0);
     let shape = match (&d, cx.ints(1)) {
         (Some(d), Some(axes)) => {
@@ -525,7 +538,7 @@ fn flatten(cx: &mut OpCx, axis: i64) -> RuleResult {
         return Ok(vec![out(dtype, shape)?]);
     };
     let r = d.len() as i64;
-    let a = if axis < 0 { axis + r } else { axis };
+    let a = super::from_end(axis, r);
     if a < 0 || a > r {
         return Err(format!("axis {axis} is out of range for rank {r}"));
     }
@@ -820,7 +833,7 @@ fn shape_of(cx: &mut OpCx, start: i64, end: Option<i64>) -> RuleResult {
         return Ok(vec![out(Some(DType::I64), Some(vec![n]))?]);
     };
     let r = d.len() as i64;
-    let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;
+    let clamp = |v: i64| if v < 0 { v.saturating_add(r).max(0) } else { v.min(r) } as usize;
     let (s, e) = (clamp(start), clamp(end.unwrap_or(r)));
     let dims: Vec<Expr> = if s < e { d[s..e].to_vec() } else { Vec::new() };
     let v = SymTensor::shape_vector(dims.clone());
@@ -853,7 +866,7 @@ fn constant_of_shape(cx: &mut OpCx, value: Option<&crate::Tensor>) -> RuleResult
     };
     let v = match (&shape, fill) {
         (Some(s), Some(f)) => concrete(s).and_then(|os| {
-            let count: usize = os.iter().product();
+            let count = super::value::checked_product(&os)?;
             (count <= MAX_TRACKED).then(|| f.select(os, &vec![0; count])).flatten()
         }),
         _ => None,
@@ -879,7 +892,7 @@ fn range(cx: &mut OpCx) -> RuleResult {
                 Some(kv) => {
                     let span = l.sub(&s).ok_or("overflow")?;
                     let span = if kv > 0 { span } else { span.neg().ok_or("overflow")? };
-                    len = span.ceil_div(&Expr::int(kv.abs())).map(|n| n.maximum(&Expr::zero()));
+                    len = kv.checked_abs().and_then(|k| span.ceil_div(&Expr::int(k))).map(|n| n.maximum(&Expr::zero()));
                     if let (Some(n), Some(d)) = (len.as_ref().and_then(|n| n.as_int()), dtype)
                         && n as usize <= MAX_TRACKED
                     {
@@ -917,7 +930,7 @@ fn one_hot(cx: &mut OpCx, axis: i64) -> RuleResult {
         return Ok(vec![out(dtype, None)?]);
     };
     let r = ind.len() as i64 + 1;
-    let a = if axis < 0 { axis + r } else { axis };
+    let a = super::from_end(axis, r);
     if a < 0 || a >= r {
         return Err(format!("axis {axis} is out of range for an output of rank {r}"));
     }
@@ -997,7 +1010,7 @@ fn depth_space(cx: &mut OpCx, blocksize: i64, to_space: bool) -> RuleResult {
         return Ok(vec![out(dtype, None)?]);
     };
     let b = Expr::int(blocksize);
-    let bb = Expr::int(blocksize * blocksize);
+    let bb = Expr::int(blocksize.checked_mul(blocksize).ok_or("blocksize overflow")?);
     let exact = |x: &Expr, k: &Expr| -> Result<Expr, String> {
         if let (Some(v), Some(kv)) = (x.as_int(), k.as_int())
             && v % kv != 0
@@ -1163,8 +1176,8 @@ fn resize(cx: &mut OpCx, r: &Resize) -> RuleResult {
                                 ratios.fold(0.0, f64::max)
                             };
                             for (i, &a) in axes.iter().enumerate() {
-                                // ONNX rounds half away from zero here.
-                                shape[a] = Expr::int((scale * ins[i] as f64).round() as i64);
+                                // round_int: the nearest integer, halves up.
+                                shape[a] = Expr::int((scale * ins[i] as f64 + 0.5).floor() as i64);
                             }
                         }
                         _ => {
@@ -1187,7 +1200,21 @@ fn resize(cx: &mut OpCx, r: &Resize) -> RuleResult {
         {
             return Err(format!("scales has {n} entries for {} axes", axes.len()));
         }
-        let scales = cx.value(2).and_then(|v| v.as_f64s());
+        let mut scales = cx.value(2).and_then(|v| v.as_f64s());
+        if scales.as_ref().is_some_and(|s| s.len() != axes.len()) {
+            return Err(format!("scales has {} entries for {} axes", scales.map_or(0, |s| s.len()), axes.len()));
+        }
+        // The size is floor(d * (roi_end - roi_start) * scale), and the region
+        // only counts with tf_crop_and_resize: claim a size there only for a
+        // region known to span the whole axis.
+        if r.coordinate_transformation_mode == CoordinateTransform::TfCropAndResize {
+            let roi = cx.value(1).and_then(|v| v.as_f64s());
+            let n = axes.len();
+            let full = roi.is_some_and(|roi| roi.len() == 2 * n && (0..n).all(|i| roi[i + n] - roi[i] == 1.0));
+            if !full {
+                scales = None;
+            }
+        }
         for (i, &a) in axes.iter().enumerate() {
             shape[a] = match scales.as_ref().and_then(|s| scaled_dim(&d[a], s[i])) {
                 Some(x) => x,
@@ -1431,6 +1458,17 @@ mod tests {
             &[None, None, Some(&scales)],
             1,
         );
+        assert_eq!(r, vec!["f32[n, 3, \"2*h\", \"w//2\"]"]);
+        // With tf_crop_and_resize the region scales the size too: unknown
+        // region, unknown size; a full region, the plain rule.
+        let Op::Resize(mut crop) = rs.clone() else { unreachable!() };
+        crop.coordinate_transformation_mode = op::CoordinateTransform::TfCropAndResize;
+        let crop = Op::Resize(crop);
+        let x = Some(t(DType::F32, &["n", "3", "h", "w"]));
+        let r = infer_node_for(&crop, &[x.clone(), Some(t(DType::F32, &["8"])), None], &[None, None, Some(&scales)], 1);
+        assert_eq!(r, vec!["f32[unk__o0_0, unk__o0_1, unk__o0_2, unk__o0_3]"]);
+        let roi = Tensor::from_vec(&[8], vec![0.0f32, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
+        let r = infer_node_for(&crop, &[x, None, None], &[None, Some(&roi), Some(&scales)], 1);
         assert_eq!(r, vec!["f32[n, 3, \"2*h\", \"w//2\"]"]);
     }
 

@@ -442,7 +442,11 @@ fn window_out(
         AutoPad::SameUpper | AutoPad::SameLower => input.ceil_div(&s),
         AutoPad::Valid | AutoPad::NotSet => {
             let (pb, pe) = if auto_pad == AutoPad::Valid { (0, 0) } else { (pad_begin, pad_end) };
-            let span = input.add(&Expr::int(pb + pe)).and_then(|x| x.sub(&eff)).ok_or("overflow")?;
+            let span = pb
+                .checked_add(pe)
+                .and_then(|p| input.add(&Expr::int(p)))
+                .and_then(|x| x.sub(&eff))
+                .ok_or("overflow")?;
             if let Some(v) = span.as_int()
                 && v < 0
             {
@@ -601,7 +605,7 @@ fn conv_transpose(cx: &mut OpCx, c: &ConvTranspose) -> RuleResult {
                                 input
                                     .sub(&Expr::int(1))
                                     .and_then(|v| v.scale(strides[i]))
-                                    .and_then(|v| v.add(&Expr::int(opad[i] - pb - pe)))
+                                    .and_then(|v| v.add(&Expr::int(opad[i].checked_sub(pb)?.checked_sub(pe)?)))
                                     .and_then(|v| v.add(&eff?))
                             }
                         }
@@ -682,7 +686,7 @@ fn max_unpool(cx: &mut OpCx, kernel: &[i64], strides: Option<&[i64]>, pads: Opti
         let d = x[2 + i]
             .sub(&Expr::int(1))
             .and_then(|v| v.scale(strides[i]))
-            .and_then(|v| v.add(&Expr::int(kernel[i] - pads[i] - pads[i + n])))
+            .and_then(|v| v.add(&Expr::int(kernel[i].checked_sub(pads[i])?.checked_sub(pads[i + n])?)))
             .ok_or("overflow")?;
         shape.push(d);
     }
@@ -914,13 +918,16 @@ fn recurrent(cx: &mut OpCx, r: &Recurrent, gates: i64, lstm: bool) -> RuleResult
 
 fn dft(cx: &mut OpCx, onesided: bool, inverse: bool) -> RuleResult {
     let dtype = cx.dtype(0);
+    // One-sided inverse (IRFFT) turns a half spectrum into a real signal.
+    let irfft = onesided && inverse;
+    let last = Expr::int(if irfft { 1 } else { 2 });
     let Some(x) = cx.shape_of_rank(0, "the input", |r| r >= 2)? else {
         return Ok(vec![out(dtype, None)?]);
     };
     let r = x.len();
-    if let Some(last) = x[r - 1].as_int()
-        && last != 1
-        && last != 2
+    if let Some(l) = x[r - 1].as_int()
+        && l != 1
+        && l != 2
     {
         return Err(format!("the last dim of {} must be 1 (real) or 2 (complex)", show(&x)));
     }
@@ -941,7 +948,7 @@ fn dft(cx: &mut OpCx, onesided: bool, inverse: bool) -> RuleResult {
     };
     let Some(axis) = axis else {
         let mut s = cx.fresh_shape(0, r);
-        s[r - 1] = Expr::int(2);
+        s[r - 1] = last;
         return Ok(vec![out(dtype, Some(s))?]);
     };
     let n = if cx.has(1) {
@@ -949,6 +956,8 @@ fn dft(cx: &mut OpCx, onesided: bool, inverse: bool) -> RuleResult {
             Some(n) => n,
             None => cx.fresh(0),
         }
+    } else if irfft {
+        x[axis].sub(&Expr::int(1)).and_then(|v| v.scale(2)).ok_or("overflow")?
     } else {
         x[axis].clone()
     };
@@ -958,7 +967,7 @@ fn dft(cx: &mut OpCx, onesided: bool, inverse: bool) -> RuleResult {
     } else {
         n
     };
-    s[r - 1] = Expr::int(2);
+    s[r - 1] = last;
     Ok(vec![out(dtype, Some(s))?])
 }
 
@@ -1140,11 +1149,46 @@ mod tests {
         assert!(one(es, [t(DType::F32, &["2", "3"]), t(DType::F32, &["4", "5"])], 1).is_err());
     }
 
+    /// Expected values from onnx.shape_inference (opset 28).
+    #[test]
+    fn recent_ops_match_onnx() {
+        let la = Op::LinearAttention(op::LinearAttention {
+            chunk_size: 64,
+            kv_num_heads: 2,
+            q_num_heads: 4,
+            scale: 0.0,
+            update_rule: "linear".into(),
+        });
+        let r = one(
+            la,
+            [
+                t(DType::F32, &["2", "5", "32"]),
+                t(DType::F32, &["2", "5", "16"]),
+                t(DType::F32, &["2", "5", "24"]),
+                t(DType::F64, &["2", "2", "8", "12"]),
+            ],
+            2,
+        );
+        assert_eq!(r.unwrap(), vec!["f32[2, 5, 48]", "f64[2, 2, 8, 12]"]);
+        let cc = Op::CausalConvWithState(op::CausalConvWithState { activation: "none".into() });
+        let r = one(cc, [t(DType::F32, &["b", "6", "l"]), t(DType::F32, &["6", "1", "4"])], 2).unwrap();
+        assert_eq!(r, vec!["f32[b, 6, l]", "f32[b, 6, 3]"]);
+        let sw = Op::SwiGLU(op::SwiGlu { alpha: 1.0 });
+        assert_eq!(
+            one(sw.clone(), [t(DType::F32, &["n", "8"]), t(DType::F32, &["n", "8"])], 1).unwrap(),
+            vec!["f32[n, 8]"]
+        );
+        assert!(one(sw, [t(DType::F32, &["n", "8"]), t(DType::F32, &["n", "4"])], 1).is_err());
+    }
+
     #[test]
     fn signal_and_quantisation() {
         let dft = Op::DFT(op::Dft { inverse: false, onesided: true });
         let r = one(dft, [t(DType::F32, &["2", "9", "1"])], 1).unwrap();
         assert_eq!(r, vec!["f32[2, 5, 2]"]);
+        // IRFFT, as onnx.shape_inference gives it.
+        let irfft = Op::DFT(op::Dft { inverse: true, onesided: true });
+        assert_eq!(one(irfft, [t(DType::F32, &["1", "10", "n", "2"])], 1).unwrap(), vec!["f32[1, 10, \"2*n-2\", 1]"]);
         let stft = Op::STFT(op::Stft { onesided: true });
         let step = Tensor::scalar(8i64);
         let r = crate::infer::infer_node(

@@ -46,10 +46,8 @@ fn reduce(cx: &mut OpCx, r: &Reduce) -> RuleResult {
     let d = cx.shape(0);
     // None: unknown axes; Some(empty): no axes given or an empty list.
     let axes: Option<Vec<i64>> = if cx.has(1) { cx.ints(1) } else { Some(Vec::new()) };
-    if let Some(s) = cx.shape(1)
-        && s.len() != 1
-    {
-        return Err(format!("axes must be 1-D, found rank {}", s.len()));
+    if cx.has(1) {
+        super::movement::axes_len(cx, 1)?;
     }
     let Some(d) = d else {
         // Only keepdims and a full-rank reduction fix the rank without the input.
@@ -70,7 +68,7 @@ fn reduce(cx: &mut OpCx, r: &Reduce) -> RuleResult {
         let shape = if keep {
             Some(d.iter().map(|x| if x.as_int() == Some(1) { x.clone() } else { cx.fresh(0) }).collect())
         } else {
-            match cx.shape(1).and_then(|s| s[0].as_int()) {
+            match super::movement::axes_len(cx, 1)?.map(|n| n as i64) {
                 Some(n) if n > 0 && (n as usize) <= d.len() => Some(cx.fresh_shape(0, d.len() - n as usize)),
                 _ => None,
             }

@@ -17,8 +17,16 @@
 //! Text form: `+ - *`, `//` (floor division), `%` (modulo, sign of the
 //! divisor), `^` (a small power), `min(a, b)`, `max(a, b)`, `bcast(a, b)`,
 //! integers, identifiers, and symbols in double quotes when their name is not
-//! an identifier. Examples: `batch*seq`, `seq-1`, `(seq-3)//2+1`,
-//! `min(seq, 512)`.
+//! an identifier. Examples: `batch*seq`, `seq-1`, `(h+1)//2-1`,
+//! `min(512, seq)`. Terms are ordered by monomial with the constant last, and
+//! the arguments of `min`, `max` and `bcast` in a fixed order.
+//!
+//! Floor division by a constant `k` keeps only the part of the dividend that
+//! `k` does not divide: `(h-3)//2+1` is stored, and printed, as `(h+1)//2-1`.
+//! The normal form is complete for polynomials; identities that need case
+//! analysis of floor, `min` or `max` (`h - h//2` against `(h+1)//2`) are not
+//! recognised, so such expressions may compare unequal although they are
+//! equal. That costs precision, never correctness.
 //!
 //! Comparisons ([`Expr::cmp_sym`]) use interval arithmetic under one
 //! documented assumption: **every symbol is a size in `[0, 2^62)`**. That is
@@ -33,6 +41,11 @@ use std::fmt;
 
 /// The largest value a symbol is assumed to take (sizes stay below 2^62).
 pub const SYM_MAX: i128 = (1i128 << 62) - 1;
+
+/// The highest power of one atom an expression may hold; a product beyond
+/// it counts as an overflow. It bounds every loop over powers, which no real
+/// shape computation comes near.
+const MAX_POWER: u32 = 64;
 
 /// Names that the text form reserves for functions.
 const FUNCTIONS: [&str; 3] = ["min", "max", "bcast"];
@@ -73,7 +86,8 @@ fn mono_mul(a: &Mono, b: &Mono) -> Option<Mono> {
         let take_a = j >= b.len() || (i < a.len() && a[i].0 <= b[j].0);
         let take_b = i >= a.len() || (j < b.len() && b[j].0 <= a[i].0);
         if take_a && take_b {
-            out.push((a[i].0.clone(), a[i].1.checked_add(b[j].1)?));
+            let p = a[i].1.checked_add(b[j].1).filter(|&p| p <= MAX_POWER)?;
+            out.push((a[i].0.clone(), p));
             i += 1;
             j += 1;
         } else if take_a {
@@ -444,6 +458,14 @@ impl Expr {
             (None, Some(_)) => return Some(o.clone()),
             (None, None) => {}
         }
+        // Broadcasting is idempotent: bcast(a, bcast(a, b)) = bcast(a, b).
+        for (p, q) in [(self, o), (o, self)] {
+            if let Some(Atom::Bcast(x, y)) = q.as_atom()
+                && (x == p || y == p)
+            {
+                return Some(q.clone());
+            }
+        }
         let cannot_be_one = |e: &Expr| {
             let r = e.range();
             r.lo > 1 || r.hi < 1
@@ -600,7 +622,7 @@ impl Expr {
     /// a well-formed expression.
     pub fn parse(s: &str) -> Option<Expr> {
         let toks = tokenize(s)?;
-        let mut p = Parser { toks, pos: 0 };
+        let mut p = Parser { toks, pos: 0, depth: 0 };
         let e = p.expr()?;
         if p.pos != p.toks.len() { None } else { Some(e) }
     }
@@ -840,7 +862,12 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    depth: usize,
 }
+
+/// Nesting deeper than this is not an expression sharc wrote; the text is
+/// then kept as an opaque symbol instead of risking the stack.
+const MAX_DEPTH: usize = 128;
 
 impl Parser {
     fn peek(&self) -> Option<&Tok> {
@@ -885,6 +912,16 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Option<Expr> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
+        let r = self.unary_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn unary_inner(&mut self) -> Option<Expr> {
         if self.eat(&Tok::Minus) {
             return self.unary()?.neg();
         }
@@ -1034,6 +1071,9 @@ mod tests {
         // A position-id slice min(seq, 512) broadcast against seq is seq.
         let m = s("seq").minimum(&Expr::int(512));
         assert_eq!(m.bcast(&s("seq")).unwrap(), s("seq"));
+        let u = s("u").bcast(&s("n").minimum(&Expr::int(1))).unwrap();
+        assert_eq!(s("u").bcast(&u).unwrap(), u);
+        assert_eq!(u.bcast(&s("u")).unwrap(), u);
     }
 
     #[test]
@@ -1061,6 +1101,18 @@ mod tests {
             let printed = e.to_string();
             assert_eq!(Expr::parse(&printed).as_ref(), Some(&e), "{c} printed as {printed}");
         }
+        // Absurd nesting or powers are refused, not a crash.
+        let deep = format!("{}x{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert_eq!(Expr::parse(&deep), None);
+        assert_eq!(Expr::from_dim(&Dim::sym(deep.clone())), Expr::sym(deep));
+        let mut e = s("x");
+        for _ in 0..10 {
+            e = match e.mul(&e) {
+                Some(sq) => sq,
+                None => break,
+            };
+        }
+        assert!(e.to_string().len() < 20, "powers are capped: {e}");
         // Equal expressions print equal whatever the spelling.
         assert_eq!(p("seq*batch"), p("batch*seq"));
         assert_eq!(p("(n+1)*(n+1)"), p("n^2+2*n+1"));

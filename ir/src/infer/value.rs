@@ -36,6 +36,11 @@ pub struct SymTensor {
     pub data: SymData,
 }
 
+/// The number of elements of a shape, or `None` on overflow.
+pub fn checked_product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
 /// True for dtypes whose elements are tracked as integers.
 fn int_like(d: DType) -> bool {
     d.is_integer() && !d.is_narrow() || d == DType::Bool
@@ -312,7 +317,7 @@ pub fn broadcast_concrete(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 /// For each element of `out` (row-major), the flat index of the element of
 /// a tensor of shape `src` that broadcasting reads.
 pub fn broadcast_index(src: &[usize], out: &[usize]) -> Vec<usize> {
-    let n: usize = out.iter().product();
+    let n: usize = checked_product(out).unwrap_or(0);
     let offset = out.len() - src.len();
     let mut strides = vec![0usize; src.len()];
     let mut acc = 1;
@@ -351,7 +356,7 @@ pub fn broadcast_map<T>(
     for t in ins {
         shape = broadcast_concrete(&shape, &t.shape)?;
     }
-    let n: usize = shape.iter().product();
+    let n = checked_product(&shape)?;
     if n > MAX_TRACKED {
         return None;
     }
@@ -371,7 +376,7 @@ pub fn broadcast_map_f64(ins: &[&SymTensor], dtype: DType, f: impl Fn(&[f64]) ->
     for t in ins {
         shape = broadcast_concrete(&shape, &t.shape)?;
     }
-    let n: usize = shape.iter().product();
+    let n = checked_product(&shape)?;
     if n > MAX_TRACKED {
         return None;
     }

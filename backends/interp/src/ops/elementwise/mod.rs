@@ -49,7 +49,7 @@ pub(crate) fn map_tensor<T, U: Element, S: Data<Elem = T>>(a: &ArrayBase<S, IxDy
     Tensor::from(a.map(f))
 }
 
-/// The four arithmetic ops that share one shape: two same-typed operands.
+/// Arithmetic on two operands of one type.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Arith {
     Add,

@@ -221,12 +221,12 @@ pub(crate) fn broadcast_to<'a, T, S: Data<Elem = T>>(
 pub(crate) fn zip2<A, B, C, SA: Data<Elem = A>, SB: Data<Elem = B>>(
     a: &ArrayBase<SA, IxDyn>,
     b: &ArrayBase<SB, IxDyn>,
-    mut f: impl FnMut(&A, &B) -> C,
+    f: impl FnMut(&A, &B) -> C,
 ) -> Result<ArrayD<C>, EvalError> {
     let shape = broadcast_shapes(a.shape(), b.shape())?;
     let av = broadcast_to(a, &shape)?;
     let bv = broadcast_to(b, &shape)?;
-    Ok(Zip::from(&av).and(&bv).map_collect(|x, y| f(x, y)))
+    Ok(Zip::from(&av).and(&bv).map_collect(f))
 }
 
 /// Like [`zip2`] for a function that can fail: the first error wins.

@@ -1,6 +1,6 @@
 //! Attention and the ops that surround it in transformer blocks:
-//! `Attention`, `RotaryEmbedding`, `SwiGLU`, `LinearAttention` and
-//! `CausalConvWithState`.
+//! `Attention`, `RotaryEmbedding`, `SwiGLU`, `LinearAttention`,
+//! `CausalConvWithState` and `ai.onnx.preview.FlexAttention`.
 //!
 //! `Attention` follows opset 25: 3-D or 4-D inputs, grouped KV heads, boolean
 //! or additive masks (shorter masks padded with "masked"), offset-aware causal
@@ -13,9 +13,10 @@
 //! specification instead of an idealised exact answer.
 
 use super::common::{Floats, float_tensor, is_real_float, outputs, round_all, round_to, sum_in, to_usize};
+use super::ml::AttrView;
 use crate::util::{opt_tensor_arg, tensor_arg};
 use sharc_ir::op::{Attention, CausalConvWithState, LinearAttention, RotaryEmbedding, SwiGlu};
-use sharc_ir::{DType, EvalError, Tensor, TensorData, Value};
+use sharc_ir::{Attr, DType, EvalError, Opaque, Subgraph, Tensor, TensorData, Value};
 
 /// The maximum of a slice, NaN if any element is NaN (as numpy's `max`).
 fn nan_max(v: impl IntoIterator<Item = f64>) -> f64 {
@@ -126,7 +127,9 @@ impl Mask {
             return Err(EvalError::new(format!("attn_mask must have rank 1 to 4, got shape {:?}", t.shape())));
         }
         let (values, pad): (Vec<f64>, f64) = match t.data() {
-            TensorData::Bool(a) => (a.iter().map(|&m| if m { 0.0 } else { f64::NEG_INFINITY }).collect(), f64::NEG_INFINITY),
+            TensorData::Bool(a) => {
+                (a.iter().map(|&m| if m { 0.0 } else { f64::NEG_INFINITY }).collect(), f64::NEG_INFINITY)
+            }
             _ if is_real_float(t.dtype()) => {
                 let f = Floats::read(t, "attn_mask")?;
                 (f.data.into_iter().map(|v| round_to(q_dtype, v)).collect(), f64::NEG_INFINITY)
@@ -144,7 +147,7 @@ impl Mask {
             )));
         }
         // A shorter mask is padded with "masked" up to the total length.
-        let rows = values.len() / last.max(1);
+        let rows: usize = shape[..3].iter().product();
         let mut data = Vec::with_capacity(rows * kv_len);
         for r in 0..rows {
             data.extend_from_slice(&values[r * last..(r + 1) * last]);
@@ -270,10 +273,7 @@ pub(crate) fn attention(a: &Attention, inputs: &[Option<Value>], num_outputs: us
         Some(t) => {
             let n = t.to_i64_vec().ok_or_else(|| EvalError::new("nonpad_kv_seqlen must be an integer tensor"))?;
             if n.len() != batch {
-                return Err(EvalError::new(format!(
-                    "nonpad_kv_seqlen has {} entries for a batch of {batch}",
-                    n.len()
-                )));
+                return Err(EvalError::new(format!("nonpad_kv_seqlen has {} entries for a batch of {batch}", n.len())));
             }
             Some(n)
         }
@@ -446,28 +446,31 @@ pub(crate) fn rotary_embedding(a: &RotaryEmbedding, inputs: &[Option<Value>]) ->
         )));
     }
     // Element (b, s, h, d) of the input, whatever its layout.
-    let (batch, seq, heads, head, x_index): (usize, usize, usize, usize, Box<dyn Fn(usize, usize, usize, usize) -> usize>) =
-        match x.shape.as_slice() {
-            &[b, h, s, d] => (b, s, h, d, Box::new(move |bi, si, hi, di| ((bi * h + hi) * s + si) * d + di)),
-            &[b, s, hidden] => {
-                let n = a
-                    .num_heads
-                    .ok_or_else(|| EvalError::new("num_heads is required for a 3-D input"))
-                    .and_then(|n| to_usize(n, "num_heads"))?;
-                if n == 0 || hidden % n != 0 {
-                    return Err(EvalError::new(format!("hidden size {hidden} is not a multiple of num_heads {n}")));
-                }
-                let d = hidden / n;
-                (b, s, n, d, Box::new(move |bi, si, hi, di| (bi * s + si) * hidden + hi * d + di))
+    // The input as (batch, seq, heads, head) with strides for each, whatever its layout.
+    let (batch, seq, heads, head, st): (usize, usize, usize, usize, [usize; 4]) = match x.shape.as_slice() {
+        &[b, h, s, d] => (b, s, h, d, [h * s * d, d, s * d, 1]),
+        &[b, s, hidden] => {
+            let n = a
+                .num_heads
+                .ok_or_else(|| EvalError::new("num_heads is required for a 3-D input"))
+                .and_then(|n| to_usize(n, "num_heads"))?;
+            if n == 0 || hidden % n != 0 {
+                return Err(EvalError::new(format!("hidden size {hidden} is not a multiple of num_heads {n}")));
             }
-            s => return Err(EvalError::new(format!("X must be 3-D or 4-D, got shape {s:?}"))),
-        };
+            let d = hidden / n;
+            (b, s, n, d, [s * hidden, hidden, d, 1])
+        }
+        s => return Err(EvalError::new(format!("X must be 3-D or 4-D, got shape {s:?}"))),
+    };
+    let x_index = |b: usize, s: usize, h: usize, d: usize| b * st[0] + s * st[1] + h * st[2] + d * st[3];
     let rot = match a.rotary_embedding_dim {
         0 => head,
         r => to_usize(r, "rotary_embedding_dim")?,
     };
     if rot > head || rot % 2 != 0 {
-        return Err(EvalError::new(format!("rotary_embedding_dim {rot} must be even and at most the head size {head}")));
+        return Err(EvalError::new(format!(
+            "rotary_embedding_dim {rot} must be even and at most the head size {head}"
+        )));
     }
     let half = rot / 2;
     // The cache row for (b, s): looked up by position id, or given per token.
@@ -481,10 +484,7 @@ pub(crate) fn rotary_embedding(a: &RotaryEmbedding, inputs: &[Option<Value>]) ->
                 )));
             }
             let [rows, width] = cos.shape[..] else {
-                return Err(EvalError::new(format!(
-                    "with position_ids the caches must be 2-D, got {:?}",
-                    cos.shape
-                )));
+                return Err(EvalError::new(format!("with position_ids the caches must be 2-D, got {:?}", cos.shape)));
             };
             if width != half {
                 return Err(EvalError::new(format!(
@@ -574,9 +574,7 @@ pub(crate) fn linear_attention(a: &LinearAttention, inputs: &[Option<Value>]) ->
         "delta" => (false, true),
         "gated_delta" => (true, true),
         r => {
-            return Err(EvalError::new(format!(
-                "update_rule '{r}' is not one of linear, gated, delta, gated_delta"
-            )));
+            return Err(EvalError::new(format!("update_rule '{r}' is not one of linear, gated, delta, gated_delta")));
         }
     };
     let hq = to_usize(a.q_num_heads, "q_num_heads")?;
@@ -615,7 +613,7 @@ pub(crate) fn linear_attention(a: &LinearAttention, inputs: &[Option<Value>]) ->
             k.shape, v.shape, q.shape
         )));
     }
-    // Lowers precision inputs are accumulated in f32, as the reference does.
+    // Lower-precision inputs are widened to f32, as the reference does.
     let f32r = |x: f64| x as f32 as f64;
     let decay = match decay_t {
         Some(dt) => {
@@ -635,7 +633,10 @@ pub(crate) fn linear_attention(a: &LinearAttention, inputs: &[Option<Value>]) ->
         Some(bt) => {
             let f = Floats::read(bt, "beta")?;
             if f.rank() != 3 || f.shape[..2] != [b, t] || (f.shape[2] != hkv && f.shape[2] != 1) {
-                return Err(EvalError::new(format!("beta must have shape [{b}, {t}, {hkv}] or [{b}, {t}, 1], got {:?}", f.shape)));
+                return Err(EvalError::new(format!(
+                    "beta must have shape [{b}, {t}, {hkv}] or [{b}, {t}, 1], got {:?}",
+                    f.shape
+                )));
             }
             Some(f)
         }
@@ -763,13 +764,13 @@ pub(crate) fn causal_conv_with_state(
     let mut present = vec![0.0; batch * channels * carry];
     let mut padded = vec![0.0; padded_len];
     for b in 0..batch {
-        for c in 0..channels {
+        for (c, &bias_c) in bias.iter().enumerate() {
             let bc = b * channels + c;
             padded[..carry].copy_from_slice(&past[bc * carry..(bc + 1) * carry]);
             padded[carry..].copy_from_slice(&x.data[bc * len..(bc + 1) * len]);
             let kw = &w.data[c * kernel..(c + 1) * kernel];
             for t in 0..len {
-                let acc: f64 = kw.iter().zip(&padded[t..t + kernel]).map(|(a, b)| a * b).sum::<f64>() + bias[c];
+                let acc: f64 = kw.iter().zip(&padded[t..t + kernel]).map(|(a, b)| a * b).sum::<f64>() + bias_c;
                 let acc = round_to(dtype, acc);
                 out[bc * len + t] = if silu { acc * sigmoid(acc) } else { acc };
             }
@@ -780,10 +781,136 @@ pub(crate) fn causal_conv_with_state(
     outputs(vec![float_tensor(dtype, &x.shape, out)?, float_tensor(state_dtype, &[batch, channels, carry], present)?])
 }
 
+/// Runs `ai.onnx.preview.FlexAttention`: scaled dot-product attention on
+/// 4-D inputs whose scores and probabilities may be rewritten by the
+/// `score_mod` and `prob_mod` body graphs. Values the bodies capture from
+/// the outer graph follow the three regular inputs (every body of the node
+/// has the same capture list).
+pub(crate) fn flex_attention(o: &Opaque, inputs: &[Option<Value>]) -> Result<Vec<Value>, EvalError> {
+    let body = |name: &str| -> Result<Option<&Subgraph>, EvalError> {
+        match o.attrs.get(name) {
+            None => Ok(None),
+            Some(Attr::Graph(g)) => Ok(Some(g)),
+            Some(a) => Err(EvalError::new(format!("attribute '{name}' must be a graph, found {}", a.kind()))),
+        }
+    };
+    let (score_mod, prob_mod) = (body("score_mod")?, body("prob_mod")?);
+    let captures = score_mod.or(prob_mod).map_or(0, |g| g.captures().len());
+    if inputs.len() < 3 + captures {
+        return Err(EvalError::new(format!(
+            "expected Q, K, V and {captures} captured values, got {} inputs",
+            inputs.len()
+        )));
+    }
+    let captured: Vec<Value> = inputs[inputs.len() - captures..]
+        .iter()
+        .map(|v| v.clone().ok_or_else(|| EvalError::new("a captured outer value is missing")))
+        .collect::<Result<_, _>>()?;
+    let q_t = tensor_arg(inputs, 0, "Q")?;
+    let k_t = tensor_arg(inputs, 1, "K")?;
+    let v_t = tensor_arg(inputs, 2, "V")?;
+    let dtype = q_t.dtype();
+    for t in [q_t, k_t, v_t] {
+        if t.rank() != 4 {
+            return Err(EvalError::new(format!("Q, K and V must be 4-D, got shape {:?}", t.shape())));
+        }
+    }
+    let q = Heads::from_floats(Floats::read(q_t, "Q")?, None, "Q")?;
+    let k = Heads::from_floats(Floats::read(k_t, "K")?, None, "K")?;
+    let v = Heads::from_floats(Floats::read(v_t, "V")?, None, "V")?;
+    let (b, hq, l, e) = (q.batch, q.heads, q.seq, q.size);
+    if k.batch != b || v.batch != b || k.size != e || k.heads != v.heads || k.seq != v.seq {
+        return Err(EvalError::new(format!(
+            "Q {:?}, K {:?} and V {:?} do not fit together",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        )));
+    }
+    let (hkv, s, ev) = (k.heads, k.seq, v.size);
+    if hkv == 0 || hq % hkv != 0 {
+        return Err(EvalError::new(format!("q heads {hq} must be a multiple of kv heads {hkv}")));
+    }
+    let view = AttrView(&o.attrs);
+    let scale = match o.attrs.get("scale") {
+        Some(_) => view.float("scale", 0.0)? as f64,
+        None => 1.0 / (e as f64).sqrt(),
+    };
+    let compute = match o.attrs.get("softmax_precision") {
+        Some(_) => match DType::from_onnx_code(view.int("softmax_precision", 1)? as i32) {
+            Some(d @ (DType::F32 | DType::F16 | DType::BF16 | DType::F64)) => d,
+            _ => return Err(EvalError::new("softmax_precision must be a float type code")),
+        },
+        None if dtype == DType::F64 => DType::F64,
+        None => DType::F32,
+    };
+    // sqrt(scale) is taken in f32 and cast to the input type.
+    let root = round_to(dtype, (scale as f32).sqrt() as f64);
+    let group = hq / hkv;
+    let mut scores = vec![0.0; b * hq * l * s];
+    for bi in 0..b {
+        for h in 0..hq {
+            for i in 0..l {
+                let qs: Vec<f64> = q.at(bi, h, i).iter().map(|&x| round_to(dtype, x * root)).collect();
+                for j in 0..s {
+                    let dot: f64 =
+                        k.at(bi, h / group, j).iter().zip(&qs).map(|(&kv, qv)| round_to(dtype, kv * root) * qv).sum();
+                    scores[((bi * hq + h) * l + i) * s + j] = round_to(compute, round_to(dtype, dot));
+                }
+            }
+        }
+    }
+    let shape = [b, hq, l, s];
+    let apply = |g: Option<&Subgraph>, data: Vec<f64>, what: &str| -> Result<Vec<f64>, EvalError> {
+        let Some(g) = g else { return Ok(data) };
+        let t = float_tensor(compute, &shape, data)?;
+        let out = crate::run_graph(g, &[Value::Tensor(t)], &captured)?;
+        match out.as_slice() {
+            [Value::Tensor(r)] if r.shape() == shape => {
+                let mut f = Floats::read(r, what)?.data;
+                round_all(compute, &mut f);
+                Ok(f)
+            }
+            _ => Err(EvalError::new(format!("{what} must return one tensor of shape {shape:?}"))),
+        }
+    };
+    let scores = apply(score_mod, scores, "score_mod")?;
+    let mut probs = vec![0.0; scores.len()];
+    for (row, out) in scores.chunks(s.max(1)).zip(probs.chunks_mut(s.max(1))) {
+        let m = nan_max(row.iter().copied());
+        for (p, &x) in out.iter_mut().zip(row) {
+            *p = round_to(compute, round_to(compute, x - m).exp());
+        }
+        let sum = sum_in(compute, out.iter().copied());
+        for p in out.iter_mut() {
+            *p = round_to(compute, *p / sum);
+        }
+    }
+    let probs = apply(prob_mod, probs, "prob_mod")?;
+    let mut y = vec![0.0; b * hq * l * ev];
+    for bi in 0..b {
+        for h in 0..hq {
+            for i in 0..l {
+                let p = &probs[((bi * hq + h) * l + i) * s..((bi * hq + h) * l + i + 1) * s];
+                let o = ((bi * hq + h) * l + i) * ev;
+                for (j, &pj) in p.iter().enumerate() {
+                    for (acc, &x) in y[o..o + ev].iter_mut().zip(v.at(bi, h / group, j)) {
+                        *acc += pj * round_to(compute, x);
+                    }
+                }
+                for acc in &mut y[o..o + ev] {
+                    *acc = round_to(compute, *acc);
+                }
+            }
+        }
+    }
+    outputs(vec![float_tensor(v_t.dtype(), &[b, hq, l, ev], y)?])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::extra::testutil::{assert_close, f32s, run1, run_n};
+    use crate::ops::extra::testutil::{assert_close, f32s, run_n, run1};
     use sharc_ir::Op;
 
     fn t(shape: &[usize], v: Vec<f64>) -> Option<Value> {
@@ -932,6 +1059,55 @@ mod tests {
     use crate::ops::extra::run;
     use crate::ops::extra::testutil::cx;
 
+    fn flex(attrs: Vec<(&str, Attr)>) -> Op {
+        Op::Opaque(Opaque {
+            domain: "ai.onnx.preview".into(),
+            op_type: "FlexAttention".into(),
+            attrs: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        })
+    }
+
+    fn flex_inputs() -> Vec<Option<Value>> {
+        vec![
+            t(&[1, 2, 2, 2], vec![-0.3, -0.0123, 0.2754, 0.5631, -0.1492, 0.1385, 0.4262, -0.2861]),
+            t(&[1, 1, 3, 2], vec![-0.3, 0.1521, 0.6042, 0.0563, 0.5084, -0.0395]),
+            t(&[1, 1, 3, 1], vec![-0.6, 0.0439, -0.3122]),
+        ]
+    }
+
+    // Expected values from onnx.reference; there the bias is a constant in
+    // the score_mod body, here it is captured from the outer graph.
+    #[test]
+    fn flex_attention_plain_and_with_modifiers() {
+        use sharc_ir::{Graph, Subgraph, Type, UnaryOp};
+        let y = run1(&flex(vec![]), flex_inputs());
+        assert_close(&y, &[1, 2, 2, 1], &[-0.3098057, -0.2747766, -0.3004652, -0.2606353], 1e-6);
+
+        let mut sm = Graph::new("score_mod");
+        let s = sm.add_input("s", Type::Unknown);
+        let b = sm.add_capture("bias", Type::Unknown);
+        let o = sm.add_op(Op::Binary(sharc_ir::BinaryOp::Add), &[s, b], Type::Unknown);
+        sm.add_output("o", o);
+        let mut pm = Graph::new("prob_mod");
+        let p = pm.add_input("p", Type::Unknown);
+        // Every body of a node lists the same captures.
+        pm.add_capture("bias", Type::Unknown);
+        let o = pm.add_op(Op::Unary(UnaryOp::Neg), &[p], Type::Unknown);
+        pm.add_output("o", o);
+        let op = flex(vec![
+            ("score_mod", Attr::Graph(Subgraph::new(sm))),
+            ("prob_mod", Attr::Graph(Subgraph::new(pm))),
+            ("scale", Attr::Float(0.5)),
+        ]);
+        let mut inputs = flex_inputs();
+        inputs.push(t(&[1, 1, 1, 3], vec![0.0, -1.0, 0.5]));
+        let y = run1(&op, inputs.clone());
+        assert_close(&y, &[1, 2, 2, 1], &[0.3744747, 0.3576927, 0.3700249, 0.3487821], 1e-6);
+        // Without the captured value the node is malformed.
+        inputs.pop();
+        assert!(run(&op, &inputs, &cx(1)).unwrap().is_err());
+    }
+
     #[test]
     fn rotary_embedding_with_position_ids() {
         let op = Op::RotaryEmbedding(RotaryEmbedding { interleaved: false, num_heads: None, rotary_embedding_dim: 0 });
@@ -950,15 +1126,30 @@ mod tests {
 
     #[test]
     fn rotary_embedding_interleaved_partial_3d() {
-        let op = Op::RotaryEmbedding(RotaryEmbedding { interleaved: true, num_heads: Some(2), rotary_embedding_dim: 2 });
+        let op =
+            Op::RotaryEmbedding(RotaryEmbedding { interleaved: true, num_heads: Some(2), rotary_embedding_dim: 2 });
         let x = vec![
             -0.3, -0.1219, 0.0562, 0.2343, 0.4124, 0.5905, -0.2314, -0.0533, 0.1248, 0.3029, 0.481, 0.6591, -0.1628,
             0.0153, 0.1934, 0.3715,
         ];
         let inputs = vec![t(&[1, 2, 8], x), t(&[1, 2, 1], vec![0.4, 0.811]), t(&[1, 2, 1], vec![-0.4, 0.559])];
         let want = [
-            -0.16876, 0.07124001, 0.0562, 0.2343, 0.40116, 0.07123999, -0.2314, -0.0533, -0.06810829, 0.3154151, 0.481,
-            0.6591, -0.1405835, -0.0785969, 0.1934, 0.3715,
+            -0.16876,
+            0.07124001,
+            0.0562,
+            0.2343,
+            0.40116,
+            0.07123999,
+            -0.2314,
+            -0.0533,
+            -0.06810829,
+            0.3154151,
+            0.481,
+            0.6591,
+            -0.1405835,
+            -0.0785969,
+            0.1934,
+            0.3715,
         ];
         assert_close(&run1(&op, inputs), &[1, 2, 8], &want, 1e-6);
     }
@@ -993,7 +1184,8 @@ mod tests {
         assert_close(&out[0], &[1, 2, 4], &y, 1e-6);
         assert_close(&out[1], &[1, 1, 2, 2], &[-0.05228594, 0.3300262, 0.1640467, 0.1405744], 1e-6);
         let out = run_n(&la("linear", 0.5), vec![q.clone(), k.clone(), v.clone()], 2);
-        let y = [-0.02643875, 0.001934436, -0.00090825, 6.645359e-05, -0.006893062, -0.01221272, 0.01372979, 0.03627492];
+        let y =
+            [-0.02643875, 0.001934436, -0.00090825, 6.645359e-05, -0.006893062, -0.01221272, 0.01372979, 0.03627492];
         assert_close(&out[0], &[1, 2, 4], &y, 1e-6);
         assert_close(&out[1], &[1, 1, 2, 2], &[-0.008631244, 0.1872431, -0.1088369, 0.0253519], 1e-6);
         // The gated rules need a decay input.

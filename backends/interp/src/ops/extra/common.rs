@@ -10,7 +10,7 @@
 
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
-use sharc_ir::{DType, EvalError, Tensor, TensorData, Value};
+use sharc_ir::{DType, Element, EvalError, Tensor, TensorData, Value};
 
 /// A float tensor widened to `f64`, in row-major order.
 #[derive(Clone, Debug)]
@@ -50,11 +50,6 @@ impl Floats {
     /// The rank.
     pub fn rank(&self) -> usize {
         self.shape.len()
-    }
-
-    /// Converts back to a tensor of `dtype`.
-    pub fn into_tensor(self, dtype: DType) -> Result<Tensor, EvalError> {
-        float_tensor(dtype, &self.shape, self.data)
     }
 }
 
@@ -148,13 +143,57 @@ pub(crate) fn sum_in(dtype: DType, v: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
-/// Row-major strides of a shape.
-pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
+/// A tensor of `shape` whose element `k` is element `picks[k].1` (in
+/// row-major order) of `sources[picks[k].0]`. All sources must share one
+/// element type; this is how ops that select or look up elements of any
+/// type (strings included) build their output.
+pub(crate) fn pick(sources: &[&Tensor], picks: &[(usize, usize)], shape: &[usize]) -> Result<Tensor, EvalError> {
+    fn typed<T: Element>(sources: &[&Tensor], picks: &[(usize, usize)], shape: &[usize]) -> Option<Tensor> {
+        let arrays: Vec<Vec<&T>> =
+            sources.iter().map(|t| t.as_array::<T>().map(|a| a.iter().collect())).collect::<Option<_>>()?;
+        let v: Vec<T> =
+            picks.iter().map(|&(s, i)| arrays.get(s)?.get(i).map(|x| (*x).clone())).collect::<Option<_>>()?;
+        Tensor::try_from_vec(shape, v)
     }
-    s
+    let dtype = match sources.first() {
+        Some(t) => t.dtype(),
+        None => return Err(EvalError::new("internal error: nothing to pick from")),
+    };
+    let t = match dtype {
+        DType::F32 => typed::<f32>(sources, picks, shape),
+        DType::F64 => typed::<f64>(sources, picks, shape),
+        DType::F16 => typed::<f16>(sources, picks, shape),
+        DType::BF16 => typed::<bf16>(sources, picks, shape),
+        DType::I8 => typed::<i8>(sources, picks, shape),
+        DType::I16 => typed::<i16>(sources, picks, shape),
+        DType::I32 => typed::<i32>(sources, picks, shape),
+        DType::I64 => typed::<i64>(sources, picks, shape),
+        DType::U8 => typed::<u8>(sources, picks, shape),
+        DType::U16 => typed::<u16>(sources, picks, shape),
+        DType::U32 => typed::<u32>(sources, picks, shape),
+        DType::U64 => typed::<u64>(sources, picks, shape),
+        DType::Bool => typed::<bool>(sources, picks, shape),
+        DType::String => typed::<String>(sources, picks, shape),
+        other => return Err(EvalError::unsupported(format!("selecting elements of {other} tensors is not supported"))),
+    };
+    t.ok_or_else(|| EvalError::new(format!("internal error: cannot pick {dtype} elements into shape {shape:?}")))
+}
+
+/// Elements `idx` (row-major positions) of `t`, as a tensor of `shape`.
+pub(crate) fn gather_flat(t: &Tensor, idx: &[usize], shape: &[usize]) -> Result<Tensor, EvalError> {
+    let picks: Vec<(usize, usize)> = idx.iter().map(|&i| (0, i)).collect();
+    pick(&[t], &picks, shape)
+}
+
+/// The element count of a shape taken from attributes or input values,
+/// or an error when it does not fit in memory's address space.
+pub(crate) fn checked_len(shape: &[usize]) -> Result<usize, EvalError> {
+    // Buffers hold up to 16-byte elements and may not exceed isize::MAX bytes.
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize / 16)
+        .ok_or_else(|| EvalError::new(format!("shape {shape:?} has too many elements")))
 }
 
 /// Wraps tensors as op outputs.
@@ -164,7 +203,8 @@ pub(crate) fn outputs(ts: Vec<Tensor>) -> Result<Vec<Value>, EvalError> {
 
 /// Reads a scalar (or one-element) integer input.
 pub(crate) fn scalar_i64(t: &Tensor, what: &str) -> Result<i64, EvalError> {
-    let v = t.to_i64_vec().ok_or_else(|| EvalError::new(format!("{what} must be an integer tensor, got {}", t.dtype())))?;
+    let v =
+        t.to_i64_vec().ok_or_else(|| EvalError::new(format!("{what} must be an integer tensor, got {}", t.dtype())))?;
     match v.as_slice() {
         [x] => Ok(*x),
         _ => Err(EvalError::new(format!("{what} must hold one value, got shape {:?}", t.shape()))),
@@ -173,7 +213,8 @@ pub(crate) fn scalar_i64(t: &Tensor, what: &str) -> Result<i64, EvalError> {
 
 /// Reads a scalar (or one-element) real input as `f64`.
 pub(crate) fn scalar_f64(t: &Tensor, what: &str) -> Result<f64, EvalError> {
-    let v = t.to_f64_vec().ok_or_else(|| EvalError::new(format!("{what} must be a numeric tensor, got {}", t.dtype())))?;
+    let v =
+        t.to_f64_vec().ok_or_else(|| EvalError::new(format!("{what} must be a numeric tensor, got {}", t.dtype())))?;
     match v.as_slice() {
         [x] => Ok(*x),
         _ => Err(EvalError::new(format!("{what} must hold one value, got shape {:?}", t.shape()))),
@@ -195,14 +236,15 @@ mod tests {
         let t = Tensor::from_vec(&[2], vec![1.5f32, -2.25]);
         let f = Floats::read(&t, "x").unwrap();
         assert_eq!(f.data, vec![1.5, -2.25]);
-        assert_eq!(f.into_tensor(DType::F32).unwrap(), t);
+        assert_eq!(float_tensor(DType::F32, &f.shape, f.data).unwrap(), t);
         // 1 + 2^-11 is not representable in f16 and rounds to even (1.0).
         assert_eq!(round_to(DType::F16, 1.0 + 2f64.powi(-11)), 1.0);
         assert_eq!(round_to(DType::BF16, 1.0 + 2f64.powi(-9)), 1.0);
         assert_eq!(round_to(DType::F64, 0.1), 0.1);
         assert!(Floats::read(&Tensor::from_vec(&[1], vec![1i64]), "x").is_err());
-        assert_eq!(strides(&[2, 3, 4]), vec![12, 4, 1]);
         assert!(float_tensor(DType::F32, &[3], vec![1.0]).is_err());
         assert_eq!(numeric_tensor(DType::I32, &[2], vec![1.7, -1.7]).unwrap(), Tensor::from_vec(&[2], vec![1i32, -1]));
+        assert_eq!(checked_len(&[2, 3, 0]).unwrap(), 0);
+        assert!(checked_len(&[1 << 40, 1 << 40]).is_err());
     }
 }

@@ -91,7 +91,11 @@ pub(crate) fn roi_align(a: &RoiAlign, inputs: &[Option<Value>]) -> Result<Vec<Va
         }
         let (bin_h, bin_w) = (roi_h / ph_n as f64, roi_w / pw_n as f64);
         let grid = |extent: f64, bins: usize| -> usize {
-            if a.sampling_ratio > 0 { a.sampling_ratio as usize } else { (extent / bins as f64).ceil().max(0.0) as usize }
+            if a.sampling_ratio > 0 {
+                a.sampling_ratio as usize
+            } else {
+                (extent / bins as f64).ceil().max(0.0) as usize
+            }
         };
         let (grid_h, grid_w) = (grid(roi_h, ph_n), grid(roi_w, pw_n));
         let count = (grid_h * grid_w).max(1) as f64;
@@ -117,7 +121,11 @@ pub(crate) fn roi_align(a: &RoiAlign, inputs: &[Option<Value>]) -> Result<Vec<Va
                     // The max of the weighted corners, as onnxruntime defines max mode.
                     bin_samples
                         .iter()
-                        .map(|s| (0..4).map(|k| s.w[k] * map.get(s.pos[k]).copied().unwrap_or(0.0)).fold(f64::NEG_INFINITY, f64::max))
+                        .map(|s| {
+                            (0..4)
+                                .map(|k| s.w[k] * map.get(s.pos[k]).copied().unwrap_or(0.0))
+                                .fold(f64::NEG_INFINITY, f64::max)
+                        })
                         .reduce(f64::max)
                         .unwrap_or(0.0)
                 } else {
@@ -266,7 +274,10 @@ mod tests {
             (
                 "max",
                 "output_half_pixel",
-                [6.490624, 7.352814, 9.160156, 10.18828, 3.9375, 3.828125, 4.5, 4.375, 0.46875, 0.5625, 1.40625, 1.6875],
+                [
+                    6.490624, 7.352814, 9.160156, 10.18828, 3.9375, 3.828125, 4.5, 4.375, 0.46875, 0.5625, 1.40625,
+                    1.6875,
+                ],
             ),
         ];
         for (mode, ctm, want) in cases {

@@ -12,7 +12,13 @@ use sharc_ir::{EvalError, Value};
 
 /// Computes the weighted, reduced negative log-likelihood of `logp` (shape
 /// `(N, C, d...)`) at the `target` classes.
-fn nll(logp: &Floats, target: &[i64], target_shape: &[usize], weight: Option<&[f64]>, a: &Loss) -> Result<Floats, EvalError> {
+fn nll(
+    logp: &Floats,
+    target: &[i64],
+    target_shape: &[usize],
+    weight: Option<&[f64]>,
+    a: &Loss,
+) -> Result<Floats, EvalError> {
     let shape = &logp.shape;
     if shape.len() < 2 {
         return Err(EvalError::new(format!("input must be at least 2-D (N, C, ...), got {shape:?}")));
@@ -59,7 +65,8 @@ fn nll(logp: &Floats, target: &[i64], target_shape: &[usize], weight: Option<&[f
 
 fn read_target(inputs: &[Option<Value>]) -> Result<(Vec<i64>, Vec<usize>), EvalError> {
     let t = tensor_arg(inputs, 1, "target")?;
-    let v = t.to_i64_vec().ok_or_else(|| EvalError::new(format!("target must be an integer tensor, got {}", t.dtype())))?;
+    let v =
+        t.to_i64_vec().ok_or_else(|| EvalError::new(format!("target must be an integer tensor, got {}", t.dtype())))?;
     Ok((v, t.shape().to_vec()))
 }
 
@@ -78,7 +85,11 @@ pub(crate) fn nll_loss(a: &Loss, inputs: &[Option<Value>]) -> Result<Vec<Value>,
 
 /// Runs `SoftmaxCrossEntropyLoss`: the NLL of `log_softmax(scores, axis 1)`,
 /// with the log-probabilities as optional second output.
-pub(crate) fn softmax_cross_entropy(a: &Loss, inputs: &[Option<Value>], num_outputs: usize) -> Result<Vec<Value>, EvalError> {
+pub(crate) fn softmax_cross_entropy(
+    a: &Loss,
+    inputs: &[Option<Value>],
+    num_outputs: usize,
+) -> Result<Vec<Value>, EvalError> {
     let x = Floats::read(tensor_arg(inputs, 0, "scores")?, "scores")?;
     if x.rank() < 2 {
         return Err(EvalError::new(format!("scores must be at least 2-D (N, C, ...), got {:?}", x.shape)));
@@ -115,10 +126,8 @@ mod tests {
 
     fn inputs(target: Vec<i64>, weight: bool) -> Vec<Option<Value>> {
         let x = vec![-0.5, 0.0069, -0.4862, 0.0207, -0.4724, 0.0345, -0.4586, 0.0483, -0.4448, 0.0621, -0.431, 0.0759];
-        let mut v = vec![
-            Some(Value::Tensor(f32s(&[2, 3, 2], x))),
-            Some(Value::Tensor(Tensor::from_vec(&[2, 2], target))),
-        ];
+        let mut v =
+            vec![Some(Value::Tensor(f32s(&[2, 3, 2], x))), Some(Value::Tensor(Tensor::from_vec(&[2, 2], target)))];
         if weight {
             v.push(Some(Value::Tensor(f32s(&[3], vec![0.5, 2.0, 1.5]))));
         }

@@ -7,10 +7,14 @@ mod attention;
 mod common;
 mod detection;
 mod loss;
-mod signal;
+mod ml;
+mod random;
 mod rnn;
+mod signal;
+mod strings;
 #[cfg(test)]
 mod testutil;
+mod training;
 
 use super::{OpContext, OpResult};
 use sharc_ir::{Op, Value};
@@ -36,6 +40,22 @@ pub fn run(op: &Op, inputs: &[Option<Value>], cx: &OpContext) -> OpResult {
         Op::MelWeightMatrix(a) => signal::mel_weight_matrix(a, inputs),
         Op::RoiAlign(a) => detection::roi_align(a, inputs),
         Op::NonMaxSuppression(a) => detection::non_max_suppression(a, inputs),
+        Op::StringConcat => strings::string_concat(inputs),
+        Op::StringSplit(a) => strings::string_split(a, inputs),
+        Op::StringNormalizer(a) => strings::string_normalizer(a, inputs),
+        Op::RegexFullMatch(a) => strings::regex_full_match(a, inputs),
+        Op::TfIdfVectorizer(a) => strings::tfidf_vectorizer(a, inputs),
+        Op::RandomUniform(a) => random::random_uniform(a),
+        Op::RandomNormal(a) => random::random_normal(a),
+        Op::RandomUniformLike(a) => random::random_uniform_like(a, inputs),
+        Op::RandomNormalLike(a) => random::random_normal_like(a, inputs),
+        Op::Bernoulli(a) => random::bernoulli(a, inputs),
+        Op::Multinomial(a) => random::multinomial(a, inputs),
+        Op::Opaque(o) if o.domain == "ai.onnx.ml" => return ml::run(o, inputs),
+        Op::Opaque(o) if o.domain == "ai.onnx.preview" && o.op_type == "FlexAttention" => {
+            attention::flex_attention(o, inputs)
+        }
+        Op::Opaque(o) if o.domain == "ai.onnx.preview.training" => return training::run(o, inputs),
         _ => return None,
     })
 }

@@ -178,18 +178,10 @@ pub(crate) fn recurrent(
         None => *r.shape.get(2).ok_or_else(|| EvalError::new(format!("R must be 3-D, got {:?}", r.shape)))?,
     };
     if w.shape != [dirs, g * hidden, input] {
-        return Err(EvalError::new(format!(
-            "W has shape {:?}, expected [{dirs}, {}, {input}]",
-            w.shape,
-            g * hidden
-        )));
+        return Err(EvalError::new(format!("W has shape {:?}, expected [{dirs}, {}, {input}]", w.shape, g * hidden)));
     }
     if r.shape != [dirs, g * hidden, hidden] {
-        return Err(EvalError::new(format!(
-            "R has shape {:?}, expected [{dirs}, {}, {hidden}]",
-            r.shape,
-            g * hidden
-        )));
+        return Err(EvalError::new(format!("R has shape {:?}, expected [{dirs}, {}, {hidden}]", r.shape, g * hidden)));
     }
     let bias = match b_t {
         Some(t) => {
@@ -209,11 +201,7 @@ pub(crate) fn recurrent(
         Some(t) => {
             let f = Floats::read(t, "P")?;
             if f.shape != [dirs, 3 * hidden] {
-                return Err(EvalError::new(format!(
-                    "P has shape {:?}, expected [{dirs}, {}]",
-                    f.shape,
-                    3 * hidden
-                )));
+                return Err(EvalError::new(format!("P has shape {:?}, expected [{dirs}, {}]", f.shape, 3 * hidden)));
             }
             f.data
         }
@@ -452,8 +440,8 @@ fn step_cell(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::extra::testutil::{assert_close, cx, f32s, run_n};
     use crate::ops::extra::run;
+    use crate::ops::extra::testutil::{assert_close, cx, f32s, run_n};
     use sharc_ir::{Op, Tensor};
 
     fn t(shape: &[usize], v: Vec<f64>) -> Option<Value> {
@@ -516,8 +504,22 @@ mod tests {
         a.linear_before_reset = Some(true);
         let out = run_n(&Op::GRU(a), gru_inputs(Some(vec![2, 1])), 2);
         let y = [
-            0.01265066, 0.4942192, 0.08419359, 0.6146679, 0.2720201, 0.5275406, 0.332944, 0.6810108, -0.01540471,
-            0.6121918, 0.0, 0.0, 0.2486716, 0.6393085, 0.0, 0.0,
+            0.01265066,
+            0.4942192,
+            0.08419359,
+            0.6146679,
+            0.2720201,
+            0.5275406,
+            0.332944,
+            0.6810108,
+            -0.01540471,
+            0.6121918,
+            0.0,
+            0.0,
+            0.2486716,
+            0.6393085,
+            0.0,
+            0.0,
         ];
         assert_close(&out[0], &[2, 2, 2, 2], &y, 2e-6);
         let yh = [-0.01540471, 0.6121918, 0.08419359, 0.6146679, 0.2720201, 0.5275406, 0.332944, 0.6810108];
@@ -528,8 +530,22 @@ mod tests {
     fn gru_bidirectional_default_reset() {
         let out = run_n(&Op::GRU(attrs(RnnDirection::Bidirectional)), gru_inputs(None), 2);
         let y = [
-            0.01964118, 0.5086813, 0.09464917, 0.6255953, 0.3738367, 0.536747, 0.4732979, 0.5736039, -0.0002413606,
-            0.6286653, 0.1488866, 0.6394994, 0.2869358, 0.6438177, 0.3872918, 0.6838234,
+            0.01964118,
+            0.5086813,
+            0.09464917,
+            0.6255953,
+            0.3738367,
+            0.536747,
+            0.4732979,
+            0.5736039,
+            -0.0002413606,
+            0.6286653,
+            0.1488866,
+            0.6394994,
+            0.2869358,
+            0.6438177,
+            0.3872918,
+            0.6838234,
         ];
         assert_close(&out[0], &[2, 2, 2, 2], &y, 2e-6);
     }

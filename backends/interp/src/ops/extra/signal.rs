@@ -5,7 +5,7 @@
 //! (`k * n mod N`), which keeps them obviously right and accurate for any
 //! length, not only powers of two.
 
-use super::common::{Floats, float_tensor, outputs, round_to, scalar_f64, scalar_i64, to_usize};
+use super::common::{Floats, checked_len, float_tensor, outputs, round_to, scalar_f64, scalar_i64, to_usize};
 use crate::util::{normalize_axis, opt_tensor_arg, tensor_arg};
 use sharc_ir::op::{Dft, MelWeightMatrix, Stft, Window};
 use sharc_ir::{DType, EvalError, Value};
@@ -91,15 +91,16 @@ pub(crate) fn dft_op(a: &Dft, inputs: &[Option<Value>]) -> Result<Vec<Value>, Ev
     };
     // The inverse one-sided transform reads n/2+1 bins; the others read n samples.
     let in_len = if a.inverse && a.onesided { n / 2 + 1 } else { n };
+    checked_len(&[outer, out_len, inner, out_comps])?;
     let tw = twiddles(n, if a.inverse { 1.0 } else { -1.0 });
     let mut out = vec![0.0; outer * out_len * inner * out_comps];
     let mut sig = vec![(0.0, 0.0); n];
     for o in 0..outer {
         for i in 0..inner {
             sig.iter_mut().for_each(|v| *v = (0.0, 0.0));
-            for t in 0..in_len.min(len) {
+            for (t, v) in sig.iter_mut().enumerate().take(in_len.min(len)) {
                 let base = ((o * len + t) * inner + i) * comps;
-                sig[t] = (x.data[base], if comps == 2 { x.data[base + 1] } else { 0.0 });
+                *v = (x.data[base], if comps == 2 { x.data[base + 1] } else { 0.0 });
             }
             if a.inverse && a.onesided {
                 // Rebuild the Hermitian spectrum; the real part of its inverse
@@ -298,10 +299,29 @@ mod tests {
     #[test]
     fn dft_complex_forward_and_inverse() {
         let x = vec![-0.4, -0.0849, 0.2302, 0.5453, -0.1396, 0.1755, 0.4906, -0.1943, 0.1208, 0.4359];
-        let y = [0.302, 0.8775, -0.2540914, 0.4998937, -0.862897, -1.548177, -0.288103, -0.2208575, -0.8969086, -0.03285969];
+        let y = [
+            0.302,
+            0.8775,
+            -0.2540914,
+            0.4998937,
+            -0.862897,
+            -1.548177,
+            -0.288103,
+            -0.2208575,
+            -0.8969086,
+            -0.03285969,
+        ];
         assert_close(&run1(&dft(false, false), vec![t(&[1, 5, 2], x.clone())]), &[1, 5, 2], &y, 1e-6);
         let inv = [
-            0.06040001, 0.1755, -0.1793817, -0.006571934, -0.0576206, -0.0441715, -0.1725794, -0.3096353, -0.05081829,
+            0.06040001,
+            0.1755,
+            -0.1793817,
+            -0.006571934,
+            -0.0576206,
+            -0.0441715,
+            -0.1725794,
+            -0.3096353,
+            -0.05081829,
             0.09997874,
         ];
         assert_close(&run1(&dft(true, false), vec![t(&[1, 5, 2], x)]), &[1, 5, 2], &inv, 1e-6);
@@ -325,8 +345,10 @@ mod tests {
         let y = run1(&dft(false, false), vec![x.clone(), None, i(0)]);
         let want = [0.1809, 0.0, -0.2985, 0.0, 0.2221, 0.0, -0.7809, 0.0, 0.2191, 0.0, 0.2191, 0.0];
         assert_close(&y, &[2, 3, 2], &want, 1e-6);
-        let e = run(&dft(false, false), &[x, None, i(-1)], &cx(1)).unwrap().unwrap_err();
+        let e = run(&dft(false, false), &[x.clone(), None, i(-1)], &cx(1)).unwrap().unwrap_err();
         assert!(e.message.contains("complex"), "{e}");
+        let e = run(&dft(false, false), &[x, i(1 << 62), i(0)], &cx(1)).unwrap().unwrap_err();
+        assert!(e.message.contains("too many"), "{e}");
     }
 
     #[test]
@@ -335,8 +357,24 @@ mod tests {
         let op = Op::STFT(Stft { onesided: true });
         let y = run1(&op, vec![t(&[1, 10, 1], s.clone()), i(3), t(&[4], vec![0.5, 1.0, 0.25, 0.75])]);
         let want = [
-            -0.010125, 0.0, -0.27365, -0.178375, -0.04257501, 0.0, 0.469625, 0.0, -0.225675, -0.22635, -0.234475, 0.0,
-            0.699375, 0.0, 0.0723, -0.274325, -0.676375, 0.0,
+            -0.010125,
+            0.0,
+            -0.27365,
+            -0.178375,
+            -0.04257501,
+            0.0,
+            0.469625,
+            0.0,
+            -0.225675,
+            -0.22635,
+            -0.234475,
+            0.0,
+            0.699375,
+            0.0,
+            0.0723,
+            -0.274325,
+            -0.676375,
+            0.0,
         ];
         assert_close(&y, &[1, 3, 3, 2], &want, 1e-6);
         let e = run(&op, &[t(&[1, 10, 1], s), i(3), t(&[4], vec![1.0; 4]), i(5)], &cx(1)).unwrap().unwrap_err();

@@ -7,8 +7,8 @@
 //! grid position) pair to a flat offset in the other grid or to padding.
 
 use super::{
-    MatElem, Real, int_array, is_wide_float, pads_attr, real_array, real_cow, real_tensor, round_to, spatial_attr,
-    split_same,
+    MatElem, Real, int_array, is_wide_float, kernel_span, no_overflow, pads_attr, real_array, real_cow, real_tensor,
+    round_to, spatial_attr, split_same,
 };
 use crate::util::{opt_tensor_arg, single, tensor_arg};
 use ndarray::{Array2, Array3, ArrayD, ArrayViewD, IxDyn, s};
@@ -52,6 +52,9 @@ fn check_shapes(x: &[usize], w: &[usize], group: i64, transposed: bool) -> Resul
             format!("convolution: W {w:?} must be [M, C/group, k...] with M divisible by group for X {x:?}, group {g}")
         }));
     }
+    if w[2..].contains(&0) {
+        return Err(EvalError::new(format!("the kernel of W {w:?} has an empty spatial dim")));
+    }
     Ok(w[2..].to_vec())
 }
 
@@ -78,9 +81,10 @@ fn conv_geometry(a: &Conv, x_spatial: &[usize], kernel: Vec<usize>) -> Result<Ge
             let mut pb = vec![0; n];
             let mut pe = vec![0; n];
             for d in 0..n {
-                let eff = (kernel[d] - 1) * dilations[d] + 1;
+                let eff = kernel_span(kernel[d], dilations[d])?;
                 let out = x_spatial[d].div_ceil(strides[d]);
-                let total = ((out.max(1) - 1) * strides[d] + eff).saturating_sub(x_spatial[d]);
+                let span = (out.max(1) - 1).checked_mul(strides[d]).and_then(|v| v.checked_add(eff));
+                let total = no_overflow(span, "the padding for auto_pad")?.saturating_sub(x_spatial[d]);
                 (pb[d], pe[d]) = split_same(total, a.auto_pad == AutoPad::SameUpper);
             }
             (pb, pe)
@@ -88,8 +92,8 @@ fn conv_geometry(a: &Conv, x_spatial: &[usize], kernel: Vec<usize>) -> Result<Ge
     };
     let mut out = Vec::with_capacity(n);
     for d in 0..n {
-        let eff = (kernel[d] - 1) * dilations[d] + 1;
-        let padded = x_spatial[d] + pb[d] + pe[d];
+        let eff = kernel_span(kernel[d], dilations[d])?;
+        let padded = no_overflow(x_spatial[d].checked_add(pb[d]).and_then(|v| v.checked_add(pe[d])), "pads")?;
         if padded < eff {
             return Err(EvalError::new(format!(
                 "spatial dim {d}: the kernel spans {eff} (size {}, dilation {}) but the padded input has {padded}",
@@ -249,8 +253,16 @@ fn transpose_geometry(a: &ConvTranspose, x_spatial: &[usize], kernel: Vec<usize>
     let dilations = spatial_attr(&a.dilations, n, 1, "dilations", 1)?;
     let out_pad = spatial_attr(&a.output_padding, n, 0, "output_padding", 0)?;
     // The size with no padding at all.
-    let natural: Vec<usize> =
-        (0..n).map(|d| strides[d] * (x_spatial[d] - 1) + out_pad[d] + (kernel[d] - 1) * dilations[d] + 1).collect();
+    let mut natural = Vec::with_capacity(n);
+    for d in 0..n {
+        let steps = x_spatial[d].checked_sub(1).ok_or_else(|| {
+            EvalError::new(format!("ConvTranspose input has an empty spatial dim {d}: {x_spatial:?}"))
+        })?;
+        let span = kernel_span(kernel[d], dilations[d])?;
+        let size =
+            strides[d].checked_mul(steps).and_then(|v| v.checked_add(out_pad[d])).and_then(|v| v.checked_add(span));
+        natural.push(no_overflow(size, "the ConvTranspose output size")?);
+    }
     let requested: Option<Vec<usize>> = match &a.output_shape {
         None => None,
         Some(s) => {
@@ -268,7 +280,12 @@ fn transpose_geometry(a: &ConvTranspose, x_spatial: &[usize], kernel: Vec<usize>
     let same = matches!(a.auto_pad, AutoPad::SameUpper | AutoPad::SameLower);
     let explicit_pads = a.auto_pad == AutoPad::NotSet && a.pads.is_some();
     let (pads_begin, out) = if requested.is_some() && !explicit_pads || same {
-        let out = requested.unwrap_or_else(|| (0..n).map(|d| x_spatial[d] * strides[d]).collect());
+        let out = match requested {
+            Some(o) => o,
+            None => (0..n)
+                .map(|d| no_overflow(x_spatial[d].checked_mul(strides[d]), "the ConvTranspose output size"))
+                .collect::<Result<_, _>>()?,
+        };
         let pads = (0..n)
             .map(|d| {
                 let total = natural[d] as isize - out[d] as isize;
@@ -309,6 +326,7 @@ pub(crate) fn conv_transpose(a: &ConvTranspose, inputs: &[Option<Value>]) -> Out
     ts.extend(b.map(|b| (b, "B")));
     let dtype = float_inputs(&ts, "ConvTranspose")?;
     let g = transpose_geometry(a, &x.shape()[2..], kernel)?;
+    no_overflow(g.out.iter().try_fold(x.shape()[0] * m, |acc, &d| acc.checked_mul(d)), "the output size")?;
     fn run<T: Real + MatElem>(x: &Tensor, w: &Tensor, b: Option<&Tensor>, group: usize, g: &Geometry) -> Outputs {
         let mut y = conv_transpose_core::<T>(real_cow(x, "X")?.view(), real_cow(w, "W")?.view(), group, g);
         if let Some(b) = b {
@@ -734,6 +752,13 @@ mod tests {
         assert!(e.message.contains("C/group"), "{}", e.message);
         let e = run1(&Op::Conv(conv_attrs()), &[x.clone(), t(&[1, 2, 4, 4], iota(32))]).unwrap_err();
         assert!(e.message.contains("padded input"), "{}", e.message);
+        let e = run1(&Op::Conv(conv_attrs()), &[x.clone(), t(&[1, 2, 0, 1], Vec::<f32>::new())]).unwrap_err();
+        assert!(e.message.contains("empty spatial dim"), "{}", e.message);
+        // Hostile attribute values give errors, not overflow panics.
+        let a = Conv { dilations: Some(vec![i64::MAX, 1]), ..conv_attrs() };
+        assert!(run1(&Op::Conv(a), &[x.clone(), t(&[1, 2, 2, 2], iota(8))]).is_err());
+        let a = Conv { pads: Some(vec![i64::MAX, 0, i64::MAX, 0]), ..conv_attrs() };
+        assert!(run1(&Op::Conv(a), &[x.clone(), t(&[1, 2, 2, 2], iota(8))]).is_err());
         let a = Conv { kernel_shape: Some(vec![3, 3]), ..conv_attrs() };
         assert!(run1(&Op::Conv(a), &[x.clone(), t(&[1, 2, 2, 2], iota(8))]).is_err());
         assert!(run1(&Op::Conv(conv_attrs()), &[x, t(&[1, 2, 2, 2], vec![1f64; 8])]).is_err());
@@ -803,6 +828,17 @@ mod tests {
         assert_close(&y, &[1, 2, 4], &[1., 2., 1., 2., 3., 4., -3., -4.], 0.0);
         let e = run1(&Op::ConvTranspose(ct_attrs()), &[t(&[1, 2, 2], iota(4)), t(&[1, 1, 2], iota(2))]).unwrap_err();
         assert!(e.message.contains("[C, M/group"), "{}", e.message);
+        let e = run1(&Op::ConvTranspose(ct_attrs()), &[t(&[1, 1, 0], Vec::<f32>::new()), t(&[1, 1, 2], iota(2))])
+            .unwrap_err();
+        assert!(e.message.contains("empty spatial dim"), "{}", e.message);
+        let a = ConvTranspose { strides: Some(vec![i64::MAX]), ..ct_attrs() };
+        assert!(run1(&Op::ConvTranspose(a), &[t(&[1, 1, 3], iota(3)), t(&[1, 1, 2], iota(2))]).is_err());
+        let a = ConvTranspose { output_shape: Some(vec![1 << 40]), ..ct_attrs() };
+        let e = run1(
+            &Op::ConvTranspose(a),
+            &[t(&[1 << 20, 1, 1], vec![0f32; 1 << 20]), t(&[1, 1 << 10, 1], vec![0f32; 1 << 10])],
+        );
+        assert!(e.is_err());
     }
 
     #[test]

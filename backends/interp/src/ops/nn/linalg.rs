@@ -562,6 +562,17 @@ mod tests {
     }
 
     #[test]
+    fn matmul_empty_dims() {
+        // K = 0 gives zeros; M = 0 gives an empty result.
+        let y = run1(&Op::MatMul, &[t(&[2, 0], Vec::<f32>::new()), t(&[0, 3], Vec::<f32>::new())]).unwrap();
+        assert_close(&y, &[2, 3], &[0.; 6], 0.0);
+        let y = run1(&Op::MatMul, &[t(&[0, 2], Vec::<f32>::new()), t(&[2, 3], iota(6))]).unwrap();
+        assert_close(&y, &[0, 3], &[], 0.0);
+        let y = run1(&Op::MatMul, &[t(&[0, 1, 2], Vec::<i64>::new()), t(&[2, 1], vec![1i64, 2])]).unwrap();
+        assert_eq!(y.shape(), &[0, 1, 1]);
+    }
+
+    #[test]
     fn matmul_types_and_errors() {
         let y = run1(&Op::MatMul, &[t(&[1, 2], vec![i32::MAX, 1]), t(&[2, 1], vec![2i32, 3])]).unwrap();
         // int32 accumulation wraps: 2·MAX + 3 mod 2^32.

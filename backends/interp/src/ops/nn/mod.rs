@@ -12,7 +12,6 @@
 
 mod conv;
 mod linalg;
-pub(crate) mod narrow;
 mod norm;
 mod pool;
 mod quant;
@@ -340,6 +339,20 @@ pub(crate) fn pads_attr(v: &Option<Vec<i64>>, n: usize) -> Result<(Vec<usize>, V
         Some(p) if p.iter().any(|&x| x < 0) => Err(EvalError::new(format!("attribute pads = {p:?} is negative"))),
         Some(p) => Ok((p[..n].iter().map(|&x| x as usize).collect(), p[n..].iter().map(|&x| x as usize).collect())),
     }
+}
+
+/// The span of a dilated kernel, `(k - 1) · d + 1`, for a kernel size of at
+/// least 1; an error when attribute values make it overflow.
+pub(crate) fn kernel_span(k: usize, d: usize) -> Result<usize, EvalError> {
+    k.checked_sub(1)
+        .and_then(|k| k.checked_mul(d))
+        .and_then(|v| v.checked_add(1))
+        .ok_or_else(|| EvalError::new(format!("kernel size {k} with dilation {d} is empty or overflows")))
+}
+
+/// `v` or an error saying that a size computed from `what` overflows.
+pub(crate) fn no_overflow(v: Option<usize>, what: &str) -> Result<usize, EvalError> {
+    v.ok_or_else(|| EvalError::new(format!("{what} overflows")))
 }
 
 /// Splits the total padding `SAME_UPPER` / `SAME_LOWER` needs into (begin,

@@ -2,7 +2,7 @@
 //! `MaxRoiPool`, `MaxUnpool`. Values are pooled in `f64` and rounded once to
 //! the input's type.
 
-use super::{OpContext, f64_array, spatial_attr, split_same, tensor_from_f64};
+use super::{OpContext, f64_array, kernel_span, no_overflow, spatial_attr, split_same, tensor_from_f64};
 use crate::util::{i64_values, opt_tensor_arg, single, tensor_arg};
 use sharc_ir::op::{AutoPad, AveragePool, LpPool, MaxPool, MaxRoiPool, MaxUnpool};
 use sharc_ir::{DType, EvalError, Tensor, Value};
@@ -50,12 +50,12 @@ fn geometry(w: &Window, x_spatial: &[usize]) -> Result<Geometry, EvalError> {
     let mut out = vec![0; n];
     for d in 0..n {
         let (i, s) = (x_spatial[d], strides[d]);
-        let eff = (kernel[d] - 1) * dilations[d] + 1;
+        let eff = kernel_span(kernel[d], dilations[d])?;
         match w.auto_pad {
             AutoPad::NotSet => {
                 let (b, e) = super::pads_attr(w.pads, n)?;
                 (pb[d], pe[d]) = (b[d], e[d]);
-                let padded = i + pb[d] + pe[d];
+                let padded = no_overflow(i.checked_add(pb[d]).and_then(|v| v.checked_add(pe[d])), "pads")?;
                 if padded < eff {
                     return Err(EvalError::new(format!(
                         "spatial dim {d}: the window spans {eff} but the padded input has {padded}"
@@ -74,7 +74,8 @@ fn geometry(w: &Window, x_spatial: &[usize]) -> Result<Geometry, EvalError> {
             }
             AutoPad::SameUpper | AutoPad::SameLower => {
                 out[d] = i.div_ceil(s);
-                let total = ((out[d].max(1) - 1) * s + eff).saturating_sub(i);
+                let span = (out[d].max(1) - 1).checked_mul(s).and_then(|v| v.checked_add(eff));
+                let total = no_overflow(span, "the padding for auto_pad")?.saturating_sub(i);
                 (pb[d], pe[d]) = split_same(total, w.auto_pad == AutoPad::SameUpper);
             }
         }
@@ -388,19 +389,20 @@ pub(crate) fn max_roi_pool(a: &MaxRoiPool, inputs: &[Option<Value>]) -> Outputs 
             return Err(EvalError::new(format!("roi batch index {b} is not an image index below {n}")));
         }
         let b = b as usize;
-        let (x1, y1) = ((r[1] * scale).round() as i64, (r[2] * scale).round() as i64);
-        let (x2, y2) = ((r[3] * scale).round() as i64, (r[4] * scale).round() as i64);
-        let bin_h = (y2 - y1 + 1).max(1) as f64 / ph as f64;
-        let bin_w = (x2 - x1 + 1).max(1) as f64 / pw as f64;
-        let clampi = |v: i64, hi: usize| v.clamp(0, hi as i64) as usize;
+        // Region bounds in f64, so that absurd coordinates clamp instead of overflowing.
+        let (x1, y1) = ((r[1] * scale).round(), (r[2] * scale).round());
+        let (x2, y2) = ((r[3] * scale).round(), (r[4] * scale).round());
+        let bin_h = (y2 - y1 + 1.0).max(1.0) / ph as f64;
+        let bin_w = (x2 - x1 + 1.0).max(1.0) / pw as f64;
+        let clampf = |v: f64, hi: usize| if v.is_nan() { 0 } else { v.clamp(0.0, hi as f64) as usize };
         for ci in 0..c {
             let plane = &xs[(b * c + ci) * h * w..(b * c + ci + 1) * h * w];
             for i in 0..ph {
-                let hs = clampi((i as f64 * bin_h).floor() as i64 + y1, h);
-                let he = clampi(((i + 1) as f64 * bin_h).ceil() as i64 + y1, h);
+                let hs = clampf((i as f64 * bin_h).floor() + y1, h);
+                let he = clampf(((i + 1) as f64 * bin_h).ceil() + y1, h);
                 for j in 0..pw {
-                    let ws = clampi((j as f64 * bin_w).floor() as i64 + x1, w);
-                    let we = clampi(((j + 1) as f64 * bin_w).ceil() as i64 + x1, w);
+                    let ws = clampf((j as f64 * bin_w).floor() + x1, w);
+                    let we = clampf(((j + 1) as f64 * bin_w).ceil() + x1, w);
                     let mut m = f64::NEG_INFINITY;
                     for yy in hs..he {
                         for xx in ws..we {

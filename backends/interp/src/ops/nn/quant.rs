@@ -3,13 +3,15 @@
 //!
 //! Scales and zero points are per tensor (one element), per axis (1-D along
 //! `axis`) or blocked (the input's shape with the `axis` dim divided into
-//! blocks of `block_size`). Narrow outputs go through [`super::narrow`].
+//! blocks of `block_size`). Narrow formats go through the shared codec
+//! [`crate::ops::cast::narrow`].
 
 use super::linalg::matmul_nd;
-use super::{broadcast_index, broadcasts_to, f64_array, int_array, narrow, round_to, tensor_from_f64};
+use super::{broadcast_index, broadcasts_to, f64_array, int_array, round_to, tensor_from_f64};
+use crate::ops::cast::narrow;
 use crate::util::{normalize_axis, opt_tensor_arg, single, tensor_arg};
 use ndarray::{ArrayD, IxDyn};
-use sharc_ir::op::{DequantizeLinear, QuantizeLinear};
+use sharc_ir::op::{DequantizeLinear, QuantizeLinear, RoundMode};
 use sharc_ir::{DType, EvalError, Tensor, Value};
 
 type Outputs = Result<Vec<Value>, EvalError>;
@@ -19,7 +21,7 @@ fn decoded(t: &Tensor, what: &str) -> Result<ArrayD<f64>, EvalError> {
     match t.as_codes() {
         Some(codes) => {
             let d = t.dtype();
-            Ok(ArrayD::from_shape_vec(IxDyn(t.shape()), codes.iter().map(|&c| narrow::decode(d, c)).collect())
+            Ok(ArrayD::from_shape_vec(IxDyn(t.shape()), codes.iter().map(|&c| narrow::decode(d, c) as f64).collect())
                 .expect("one value per code"))
         }
         None => f64_array(t, what),
@@ -101,18 +103,26 @@ fn int_range(d: DType) -> Option<(f64, f64)> {
     })
 }
 
+/// True for the float formats quantisation can produce.
+fn is_quant_float(d: DType) -> bool {
+    matches!(d, DType::F8E4M3FN | DType::F8E4M3FNUZ | DType::F8E5M2 | DType::F8E5M2FNUZ | DType::F4E2M1)
+}
+
 /// Builds a quantised tensor of `dtype` from unrounded values: integers
 /// round half to even and saturate (NaN becomes 0), floats encode with
 /// `saturate` as ONNX's `Cast` does.
 fn quantised_tensor(shape: &[usize], v: Vec<f64>, dtype: DType, saturate: bool) -> Result<Tensor, EvalError> {
-    if let Some((lo, hi)) = int_range(dtype)
-        && !dtype.is_narrow()
-    {
-        let v = v.into_iter().map(|x| if x.is_nan() { 0.0 } else { x.round_ties_even().clamp(lo, hi) }).collect();
-        return tensor_from_f64(shape, v, dtype);
+    if let Some((lo, hi)) = int_range(dtype) {
+        let v = v.into_iter().map(|x| if x.is_nan() { 0.0 } else { x.round_ties_even().clamp(lo, hi) });
+        if !dtype.is_narrow() {
+            return tensor_from_f64(shape, v.collect(), dtype);
+        }
+        let codes = v.map(|x| narrow::encode_int(dtype, x as i128)).collect();
+        return Ok(Tensor::from_codes(dtype, shape, codes).expect("narrow dtype, sizes agree"));
     }
-    if narrow::can_encode(dtype) {
-        let codes = v.into_iter().map(|x| narrow::encode(dtype, x, saturate)).collect();
+    if is_quant_float(dtype) {
+        // The rounding mode only concerns f8e8m0, which is not a quantised type.
+        let codes = v.into_iter().map(|x| narrow::encode_f64(dtype, x, saturate, RoundMode::Up)).collect();
         return Ok(Tensor::from_codes(dtype, shape, codes).expect("narrow dtype, sizes agree"));
     }
     Err(EvalError::new(format!("{dtype} is not a quantised type")))
@@ -149,7 +159,7 @@ pub(crate) fn quantize_linear(a: &QuantizeLinear, inputs: &[Option<Value>]) -> O
         (None, Some(o)) => o,
         (None, None) => DType::U8,
     };
-    if int_range(out).is_none() && !narrow::can_encode(out) {
+    if int_range(out).is_none() && !is_quant_float(out) {
         return Err(EvalError::new(format!("QuantizeLinear cannot produce {out}")));
     }
     // The division happens in `precision`, else in the scale's type (a float

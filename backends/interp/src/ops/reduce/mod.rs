@@ -2,8 +2,9 @@
 //! `CumSum`/`CumProd`, `Softmax`/`LogSoftmax`/`Hardmax` and `TopK`.
 //!
 //! Float types accumulate in `f64` (sums compensated) and round once to the
-//! input type, which is at least as accurate as ONNX's reference; integer
-//! types wrap on overflow like numpy does. NaN propagates through `Max` and
+//! input type, which is at least as accurate as ONNX's reference (16-bit
+//! `Softmax`/`LogSoftmax` are the exception, see `softmax.rs`); integer types
+//! wrap on overflow like numpy does. NaN propagates through `Max` and
 //! `Min` and wins `ArgMax`/`ArgMin` (numpy's behaviour).
 
 mod scan;
@@ -139,7 +140,7 @@ fn reduce(r: &Reduce, inputs: &[Option<Value>]) -> Result<Tensor, EvalError> {
         Ok(Tensor::from(plan.fold(a, |g| T::from_f64(fold_real(k, g)))?))
     }
     match_real!(x.data(), a => real(&plan, a, k),
-    _ => match_int!(x.data(), a => Ok(Tensor::from(plan.fold(a, |g| fold_int(k, g)).and_then(|o| collect_results(o))?)),
+    _ => match_int!(x.data(), a => Ok(Tensor::from(plan.fold(a, |g| fold_int(k, g)).and_then(collect_results)?)),
         _ => match x.data() {
             TensorData::Bool(a) if matches!(k, ReduceKind::Max | ReduceKind::Min) => {
                 let all = k == ReduceKind::Min;
@@ -204,11 +205,13 @@ fn fold_int<T: Int>(k: ReduceKind, g: &[T]) -> Result<T, EvalError> {
     let trunc = |v: f64| T::from_i128_wrapping(if v.is_nan() { 0 } else { v.trunc() as i128 });
     Ok(match k {
         ReduceKind::Sum => wsum(&mut g.iter().copied()),
+        // The sum wraps in T; the division by the count (which need not fit
+        // in T) truncates, as numpy's mean with an integer dtype does.
         ReduceKind::Mean => {
-            let n = T::from_i128_wrapping(g.len() as i128);
-            wsum(&mut g.iter().copied())
-                .checked_div_trunc(n)
-                .ok_or_else(|| EvalError::new("ReduceMean of an empty integer set is undefined"))?
+            if g.is_empty() {
+                return Err(EvalError::new("ReduceMean of an empty integer set is undefined"));
+            }
+            T::from_i128_wrapping(wsum(&mut g.iter().copied()).to_i128() / g.len() as i128)
         }
         ReduceKind::Max => g.iter().copied().fold(T::MIN, Ord::max),
         ReduceKind::Min => g.iter().copied().fold(T::MAX, Ord::min),

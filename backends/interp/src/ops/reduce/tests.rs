@@ -110,6 +110,12 @@ fn integer_and_bool_reductions() {
     assert_eq!(vals::<i32>(&reduce(ReduceKind::Max, &x, Some(vec![0]), false)), vec![1, 5, 3]);
     assert_eq!(vals::<i32>(&reduce(ReduceKind::L1, &x, None, false)), vec![21]);
     assert_eq!(vals::<i32>(&reduce(ReduceKind::L2, &x, None, false)), vec![9]); // sqrt(91) = 9.54
+    // The sum wraps in the type but the count does not (numpy:
+    // np.mean(np.ones(300, uint8), dtype=uint8) = 44 // 300 = 0).
+    let y = reduce(ReduceKind::Mean, &t(&[300], vec![1u8; 300]), None, false);
+    assert_eq!(vals::<u8>(&y), vec![0]);
+    let y = reduce(ReduceKind::Mean, &t(&[200], vec![-1i64; 200]), None, false);
+    assert_eq!(vals::<i64>(&y), vec![-1]);
     let y = reduce(ReduceKind::Prod, &t(&[2], vec![200u8, 2]), None, false);
     assert_eq!(vals::<u8>(&y), vec![144]);
     // test_reduce_max_bool_inputs / test_reduce_min_bool_inputs.
@@ -266,4 +272,46 @@ fn top_k() {
     assert_eq!(topk(x.clone(), 0, 0, true).0.shape(), &[0]);
     let op = Op::TopK(TopK { axis: 0, largest: true, sorted: true });
     assert!(eval_err(op, vec![x, t(&[1], vec![4i64])]).contains("outside"));
+}
+
+/// 16-bit Softmax and LogSoftmax follow the function body with every step
+/// rounded to the type. Softmax bits come from onnx's ReferenceEvaluator;
+/// LogSoftmax bits from numpy evaluating `(x - max) - log(sum(exp(x - max)))`
+/// in the type (the expanded graph's semantics).
+#[test]
+fn half_float_softmax_rounds_every_step() {
+    let x: Vec<f32> = vec![
+        6.122757, -7.666995, 1.2542965, -1.7033088, -1.3579478, -0.6467915, -6.0599585, -0.6957971, -2.5956392,
+        9.968998, 0.6773598, -1.0578923, -0.8438623, -2.004139, -3.1654515, -1.172403, 1.4458362, -0.7156608,
+    ];
+    let run = |kind: &str, x: Tensor| softmax(kind, -1, x);
+    let h = t(&[2, 9], x.iter().map(|&v| f16::from_f32(v)).collect());
+    let bits = |y: &Tensor| vals::<f16>(y).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&run("softmax", h.clone())),
+        vec![15338, 17, 8140, 3707, 4242, 5287, 85, 5233, 2380, 15360, 1551, 274, 338, 106, 33, 243, 2691, 383]
+    );
+    assert_eq!(
+        bits(&run("log", h)),
+        vec![
+            41336, 51942, 50401, 51158, 51070, 50888, 51736, 50900, 51293, 0, 51365, 51587, 51560, 51708, 51857, 51602,
+            51267, 51544
+        ]
+    );
+    let b = t(&[2, 9], x.iter().map(|&v| half::bf16::from_f32(v)).collect());
+    let bits = |y: &Tensor| vals::<half::bf16>(y).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&run("softmax", b.clone())),
+        vec![
+            16254, 13710, 15352, 14802, 14864, 14996, 13994, 14991, 14629, 16256, 14525, 14212, 14239, 14030, 13820,
+            14184, 14664, 14271
+        ]
+    );
+    assert_eq!(
+        bits(&run("log", b)),
+        vec![
+            48127, 49500, 49308, 49402, 49392, 49369, 49475, 49370, 49420, 0, 49429, 49457, 49454, 49472, 49491, 49459,
+            49417, 49451
+        ]
+    );
 }
