@@ -136,14 +136,6 @@ impl Prepared<'_> {
         }
     }
 
-    /// How long preparing took, for a compiled backend.
-    pub fn compile_time(&self) -> Option<Duration> {
-        match self {
-            Prepared::Interp { .. } => None,
-            Prepared::Cranelift(c) => Some(c.compile_time()),
-        }
-    }
-
     /// Lines describing what compilation made of the model (empty for the
     /// interpreter).
     pub fn describe(&self) -> Vec<String> {

@@ -5,7 +5,7 @@
 use super::backend::{Backend, Tuning};
 use super::run::{generated_inputs, inputs_from_file, parse_shape};
 use sharc::Error;
-use sharc::ir::{Evaluator, Tensor, Value};
+use sharc::ir::{Evaluator, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

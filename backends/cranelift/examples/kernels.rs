@@ -44,8 +44,8 @@ fn gemm_graph(batch: usize, m: usize, n: usize, k: usize) -> (Graph, Vec<Tensor>
     };
     let _ = x;
     g.add_output("y", y);
-    let mut inputs =
-        vec![Tensor::from_vec(if batch == 1 { &[m, k][..] } else { &[batch, m, k][..] }, data(batch * m * k, 0.0))];
+    let x_shape: Vec<usize> = if batch == 1 { vec![m, k] } else { vec![batch, m, k] };
+    let mut inputs = vec![Tensor::from_vec(&x_shape, data(batch * m * k, 0.0))];
     if batch > 1 {
         inputs.push(Tensor::from_vec(&[batch, k, n], data(batch * k * n, 2.0)));
     }

@@ -120,7 +120,7 @@ pub fn compile_object(graph: &Graph, opts: &CompileOptions, prefix: &str) -> Res
             Loc::Const(c) => format!("{prefix}_const{c}"),
             _ => unreachable!("only weights and constants are embedded"),
         };
-        let (id, _) = module.declare_data(&name, Linkage::Local, false, false).map_err(|e| cg(e.to_string()))?;
+        let id = module.declare_data(&name, Linkage::Local, false, false).map_err(|e| cg(e.to_string()))?;
         let mut d = DataDescription::new();
         embedded += bytes.len();
         d.define(bytes.into_boxed_slice());
@@ -243,7 +243,7 @@ pub fn compile_object(graph: &Graph, opts: &CompileOptions, prefix: &str) -> Res
         let mut gv_cache = HashMap::new();
         let mut addr = |b: &mut FunctionBuilder, module: &mut ObjectModule, v: &View| -> Result<_, CompileError> {
             let base = match v.loc {
-                Loc::Arena(off) => b.ins().iadd_imm(ws, off as i64),
+                Loc::Arena(off) => b.ins().iadd_imm_s(ws, off as i64),
                 Loc::Dyn(d) => {
                     let i = input_slot.get(&d).ok_or_else(|| cg("a run-time value in object output".into()))?;
                     b.ins().load(ptr, fl, ins, (*i * 8) as i32)
@@ -255,7 +255,7 @@ pub fn compile_object(graph: &Graph, opts: &CompileOptions, prefix: &str) -> Res
                 }
             };
             let es = if v.dtype == DType::Bool { 1 } else { 4 };
-            Ok(b.ins().iadd_imm(base, v.offset as i64 * es))
+            Ok(b.ins().iadd_imm_s(base, v.offset as i64 * es))
         };
         for (i, s) in plan.steps.iter().enumerate() {
             let mut calls: Vec<(FuncId, Vec<&View>, usize)> = Vec::new();
@@ -275,7 +275,7 @@ pub fn compile_object(graph: &Graph, opts: &CompileOptions, prefix: &str) -> Res
             for (fid, views, rows) in calls {
                 for (k, v) in views.iter().enumerate() {
                     let a = addr(&mut b, &mut module, v)?;
-                    b.ins().stack_store(a, slot, (k * 8) as i32);
+                    b.ins().stack_store(ptr, a, slot, (k * 8) as i32);
                 }
                 let f = module.declare_func_in_func(fid, b.func);
                 let table = b.ins().stack_addr(ptr, slot, 0);
@@ -319,7 +319,7 @@ pub fn compile_object(graph: &Graph, opts: &CompileOptions, prefix: &str) -> Res
         let ok = b.ins().iconst(types::I32, 0);
         b.ins().return_(&[ok]);
         b.seal_all_blocks();
-        b.finalize();
+        b.finalize(module.target_config());
     }
     module.define_function(run_id, &mut ctx).map_err(|e| cg(format!("{e:?}")))?;
     let product = module.finish();

@@ -39,12 +39,13 @@ pub(crate) fn define_kernel<M: Module>(
     let mut ctx = Context::new();
     ctx.func.signature = sig;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
+    let frontend = module.target_config();
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         Gen::new(spec, ptr).emit(&mut b);
         b.seal_all_blocks();
-        b.finalize();
+        b.finalize(frontend);
     }
     module.define_function(id, &mut ctx).map_err(|e| err(format!("{e:?}")))?;
     Ok(id)
@@ -139,7 +140,7 @@ impl<'s> Gen<'s> {
             for (d, iv) in idx_vals.iter().enumerate() {
                 let s = spec.inputs[k].strides[d] as i64 * es;
                 if s != 0 {
-                    let t = b.ins().imul_imm(iv.expect("index"), s);
+                    let t = b.ins().imul_imm_s(iv.expect("index"), s);
                     off = b.ins().iadd(off, t);
                 }
             }
@@ -167,7 +168,7 @@ impl<'s> Gen<'s> {
 
         // Next row: odometer increment of indices and offsets.
         let row_v = b.use_var(row);
-        let next = b.ins().iadd_imm(row_v, 1);
+        let next = b.ins().iadd_imm_s(row_v, 1);
         b.def_var(row, next);
         let done = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, next, end);
         let mut inc_blocks: Vec<_> = (0..outer.len()).map(|_| b.create_block()).collect();
@@ -179,13 +180,13 @@ impl<'s> Gen<'s> {
             for d in (0..outer.len()).rev() {
                 b.switch_to_block(inc_blocks[d]);
                 let iv = b.use_var(idx_vars[d]);
-                let iv = b.ins().iadd_imm(iv, 1);
+                let iv = b.ins().iadd_imm_s(iv, 1);
                 b.def_var(idx_vars[d], iv);
                 for k in 0..spec.inputs.len() {
                     let s = spec.inputs[k].strides[d] as i64 * self.esize(k);
                     if s != 0 {
                         let o = b.use_var(self.offs[k]);
-                        let o = b.ins().iadd_imm(o, s);
+                        let o = b.ins().iadd_imm_s(o, s);
                         b.def_var(self.offs[k], o);
                     }
                 }
@@ -193,7 +194,7 @@ impl<'s> Gen<'s> {
                     b.ins().jump(header, &[]);
                 } else {
                     let wrap = b.create_block();
-                    let more = b.ins().icmp_imm(IntCC::SignedLessThan, iv, outer[d] as i64);
+                    let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, iv, outer[d] as i64);
                     b.ins().brif(more, header, &[], wrap, &[]);
                     b.switch_to_block(wrap);
                     let zero = b.ins().iconst(types::I64, 0);
@@ -202,7 +203,7 @@ impl<'s> Gen<'s> {
                         let s = spec.inputs[k].strides[d] as i64 * self.esize(k) * outer[d] as i64;
                         if s != 0 {
                             let o = b.use_var(self.offs[k]);
-                            let o = b.ins().iadd_imm(o, -s);
+                            let o = b.ins().iadd_imm_s(o, -s);
                             b.def_var(self.offs[k], o);
                         }
                     }
@@ -292,7 +293,7 @@ impl<'s> Gen<'s> {
                 if s == 0 {
                     base
                 } else {
-                    let t = b.ins().imul_imm(j, s);
+                    let t = b.ins().imul_imm_s(j, s);
                     b.ins().iadd(base, t)
                 }
             }
@@ -305,7 +306,7 @@ impl<'s> Gen<'s> {
             (InputType::F32, true) => b.ins().load(types::F32X4, flags(), addr, 0),
             (InputType::Bool, false) => {
                 let x = b.ins().uload8(types::I32, flags(), addr, 0);
-                b.ins().icmp_imm(IntCC::NotEqual, x, 0)
+                b.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
             }
             (InputType::Bool, true) => {
                 let z = b.ins().iconst(types::I32, 0);
@@ -336,7 +337,7 @@ impl<'s> Gen<'s> {
             return if vector { self.splat_cache[&e] } else { self.row_cache[&e] };
         }
         if let Some(&(_, row_addr)) = self.stored.get(&e) {
-            let off = b.ins().imul_imm(j, 4);
+            let off = b.ins().imul_imm_s(j, 4);
             let addr = b.ins().iadd(row_addr, off);
             let v = b.ins().load(if vector { types::F32X4 } else { types::F32 }, flags(), addr, 0);
             cache.insert(e, v);
@@ -414,7 +415,7 @@ impl<'s> Gen<'s> {
                 if vector {
                     b.ins().bnot(ops[0])
                 } else {
-                    b.ins().bxor_imm(ops[0], 1)
+                    b.ins().bxor_imm_s(ops[0], 1)
                 }
             }
             Expr::Select(..) => {
@@ -473,13 +474,13 @@ impl<'s> Gen<'s> {
         b.ins().jump(head, &[]);
         b.switch_to_block(head);
         let j = b.use_var(jv);
-        let more = b.ins().icmp_imm(IntCC::SignedLessThan, j, end);
+        let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, j, end);
         b.ins().brif(more, body_b, &[], exit, &[]);
         b.switch_to_block(body_b);
         let j = b.use_var(jv);
         body(self, b, j);
         let j = b.use_var(jv);
-        let nj = b.ins().iadd_imm(j, step);
+        let nj = b.ins().iadd_imm_s(j, step);
         b.def_var(jv, nj);
         b.ins().jump(head, &[]);
         b.switch_to_block(exit);
@@ -532,7 +533,7 @@ impl<'s> Gen<'s> {
                 let mut cache = HashMap::new();
                 let x = g.full_value(b, a, j, true, &mut cache);
                 if let Some(row_addr) = keep {
-                    let off = b.ins().imul_imm(j, 4);
+                    let off = b.ins().imul_imm_s(j, 4);
                     let addr = b.ins().iadd(row_addr, off);
                     b.ins().store(flags(), x, addr, 0);
                 }
@@ -553,7 +554,7 @@ impl<'s> Gen<'s> {
                 let mut cache = HashMap::new();
                 let x = g.full_value(b, a, j, false, &mut cache);
                 if let Some(row_addr) = keep {
-                    let off = b.ins().imul_imm(j, 4);
+                    let off = b.ins().imul_imm_s(j, 4);
                     let addr = b.ins().iadd(row_addr, off);
                     b.ins().store(flags(), x, addr, 0);
                 }
@@ -590,7 +591,7 @@ impl<'s> Gen<'s> {
         let used: Vec<usize> = self.stored.values().map(|(o, _)| *o).collect();
         let o = (0..spec.outputs.len()).find(|&o| spec.outputs[o].level == Level::Full && !used.contains(&o))?;
         let row = b.use_var(self.row.expect("row variable"));
-        let off = b.ins().imul_imm(row, spec.inner() as i64 * 4);
+        let off = b.ins().imul_imm_s(row, spec.inner() as i64 * 4);
         let addr = b.ins().iadd(self.bases[spec.inputs.len() + o], off);
         self.pending_scratch = Some(o);
         Some(addr)
@@ -629,7 +630,7 @@ impl<'s> Gen<'s> {
             match out.level {
                 Level::Row => {
                     let v = self.row_value(b, out.expr);
-                    let off = b.ins().imul_imm(row, 4);
+                    let off = b.ins().imul_imm_s(row, 4);
                     let addr = b.ins().iadd(self.bases[n_in + o], off);
                     b.ins().store(flags(), v, addr, 0);
                 }
@@ -645,7 +646,7 @@ impl<'s> Gen<'s> {
         }
         let vec_end = self.vec_end();
         self.prepare(b, &deps, vec_end > 0);
-        let row_off = b.ins().imul_imm(row, inner * 4);
+        let row_off = b.ins().imul_imm_s(row, inner * 4);
         let out_bases: Vec<Value> = full.iter().map(|&(o, _)| b.ins().iadd(self.bases[n_in + o], row_off)).collect();
         for (vector, lo, hi, step) in [(true, 0, vec_end, 4), (false, vec_end, inner, 1)] {
             if lo >= hi {
@@ -661,7 +662,7 @@ impl<'s> Gen<'s> {
                 }
                 for (i, &(_, e)) in full.iter().enumerate() {
                     let v = g.full_value(b, e, j, vector, &mut cache);
-                    let off = b.ins().imul_imm(j, 4);
+                    let off = b.ins().imul_imm_s(j, 4);
                     let addr = b.ins().iadd(out_bases[i], off);
                     b.ins().store(flags(), v, addr, 0);
                 }
@@ -701,7 +702,7 @@ fn for_loop(
     let i = b.use_var(iv);
     body(b, i);
     let i = b.use_var(iv);
-    let ni = b.ins().iadd_imm(i, step);
+    let ni = b.ins().iadd_imm_s(i, step);
     b.def_var(iv, ni);
     b.ins().jump(head, &[]);
     b.switch_to_block(exit);
@@ -726,12 +727,13 @@ pub(crate) fn define_matmul<M: Module>(
     let mut ctx = Context::new();
     ctx.func.signature = sig;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
+    let frontend = module.target_config();
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         emit_matmul(&mut b, ptr, spec);
         b.seal_all_blocks();
-        b.finalize();
+        b.finalize(frontend);
     }
     module.define_function(id, &mut ctx).map_err(|e| err(format!("{e:?}")))?;
     Ok(id)
@@ -751,29 +753,29 @@ fn emit_matmul(b: &mut FunctionBuilder, ptr: Type, s: &crate::matmul::MatMulSpec
     // Columns in blocks of 8 and 4 when B is contiguous along them.
     let (n8, n4) = if s.b_cs == 1 { (n / 8 * 8, n / 4 * 4) } else { (0, 0) };
     for_loop(b, start, end, 1, |b, r| {
-        let bi = b.ins().udiv_imm(r, m);
-        let mi = b.ins().urem_imm(r, m);
+        let bi = b.ins().udiv_imm_s(r, m);
+        let mi = b.ins().urem_imm_s(r, m);
         // Batch offsets (elements) of A and B.
-        let mut oa = b.ins().imul_imm(mi, s.a_rs as i64);
+        let mut oa = b.ins().imul_imm_s(mi, s.a_rs as i64);
         let mut ob = b.ins().iconst(types::I64, 0);
         let mut rest = bi;
         for d in (0..s.batch.len()).rev() {
-            let idx = b.ins().urem_imm(rest, s.batch[d] as i64);
-            rest = b.ins().udiv_imm(rest, s.batch[d] as i64);
+            let idx = b.ins().urem_imm_s(rest, s.batch[d] as i64);
+            rest = b.ins().udiv_imm_s(rest, s.batch[d] as i64);
             if s.a_bstrides[d] != 0 {
-                let t = b.ins().imul_imm(idx, s.a_bstrides[d] as i64);
+                let t = b.ins().imul_imm_s(idx, s.a_bstrides[d] as i64);
                 oa = b.ins().iadd(oa, t);
             }
             if s.b_bstrides[d] != 0 {
-                let t = b.ins().imul_imm(idx, s.b_bstrides[d] as i64);
+                let t = b.ins().imul_imm_s(idx, s.b_bstrides[d] as i64);
                 ob = b.ins().iadd(ob, t);
             }
         }
-        let oa4 = b.ins().imul_imm(oa, 4);
+        let oa4 = b.ins().imul_imm_s(oa, 4);
         let a_row = b.ins().iadd(a, oa4);
-        let ob4 = b.ins().imul_imm(ob, 4);
+        let ob4 = b.ins().imul_imm_s(ob, 4);
         let b_base = b.ins().iadd(bb, ob4);
-        let ro = b.ins().imul_imm(r, n * 4);
+        let ro = b.ins().imul_imm_s(r, n * 4);
         let o_row = b.ins().iadd(out, ro);
         for (lo, hi, lanes) in [(0, n8, 8), (n8, n4, 4), (n4, n, 1)] {
             if lo >= hi {
@@ -793,16 +795,16 @@ fn emit_matmul(b: &mut FunctionBuilder, ptr: Type, s: &crate::matmul::MatMulSpec
                 for &acc in &accs {
                     b.def_var(acc, zv);
                 }
-                let j4 = b.ins().imul_imm(j, 4 * s.b_cs as i64);
+                let j4 = b.ins().imul_imm_s(j, 4 * s.b_cs as i64);
                 let bcol = b.ins().iadd(b_base, j4);
                 let k0 = b.ins().iconst(types::I64, 0);
                 let kend = b.ins().iconst(types::I64, k);
                 for_loop(b, k0, kend, 1, |b, kk| {
-                    let ao = b.ins().imul_imm(kk, s.a_cs as i64 * 4);
+                    let ao = b.ins().imul_imm_s(kk, s.a_cs as i64 * 4);
                     let ap = b.ins().iadd(a_row, ao);
                     let av = b.ins().load(types::F32, flags(), ap, 0);
                     let av = if ty == types::F32 { av } else { b.ins().splat(ty, av) };
-                    let bo = b.ins().imul_imm(kk, s.b_rs as i64 * 4);
+                    let bo = b.ins().imul_imm_s(kk, s.b_rs as i64 * 4);
                     let bp = b.ins().iadd(bcol, bo);
                     for (i, &acc) in accs.iter().enumerate() {
                         let bv = b.ins().load(ty, flags(), bp, (i * 16) as i32);
@@ -812,7 +814,7 @@ fn emit_matmul(b: &mut FunctionBuilder, ptr: Type, s: &crate::matmul::MatMulSpec
                         b.def_var(acc, sum);
                     }
                 });
-                let jo = b.ins().imul_imm(j, 4);
+                let jo = b.ins().imul_imm_s(j, 4);
                 let op = b.ins().iadd(o_row, jo);
                 let al = b.ins().f32const(alpha);
                 let al = if ty == types::F32 { al } else { b.ins().splat(ty, al) };

@@ -7,7 +7,7 @@ use crate::plan::{Loc, OutSrc, Plan, PlanStats, Step, TArg, View};
 use crate::specialize::Specialized;
 use crate::{CompileError, CompileOptions};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+use cranelift_module::{FuncId, Linkage, default_libcall_names};
 use rayon::prelude::*;
 use sharc_interp::ops::{OpContext, run_op};
 use sharc_ir::{DType, EvalError, Graph, Tensor, TensorData, Type, Value, WeightData, WeightId};
@@ -403,10 +403,12 @@ impl Compiled {
                 match (self.gemm, self.matmul_kernels.get(&i)) {
                     (GemmImpl::Cranelift, Some(k)) => {
                         let ptrs = [pa, pb, po];
+                        let table = SendPtr(ptrs.as_ptr() as *mut f32);
                         let k = *k;
                         let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
                         self.call_rows_with(rows, spec.n * spec.k.max(1), move |s, e| {
-                            let t = SendPtr(ptrs.as_ptr() as *mut f32);
+                            let t = table;
+                            let epi_ref = epi_ref;
                             // SAFETY: pointer tables built from the planner's views; row
                             // ranges of different calls are disjoint.
                             unsafe {
@@ -429,7 +431,10 @@ impl Compiled {
                                 po as *mut f32,
                                 self.threads,
                                 epi_ref.map(|(f, p)| {
-                                    move |s: usize, e: usize| f(p.0 as *const *mut u8, s as i64, e as i64)
+                                    move |s: usize, e: usize| {
+                                        let p = p;
+                                        f(p.0 as *const *mut u8, s as i64, e as i64)
+                                    }
                                 }),
                             )
                         }

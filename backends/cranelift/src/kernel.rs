@@ -192,34 +192,4 @@ impl KernelSpec {
         }
         l
     }
-
-    /// A stable text key (for caching generated code and naming kernels in
-    /// profiles).
-    pub fn summary(&self) -> String {
-        let mut names: Vec<&str> = Vec::new();
-        for e in &self.exprs {
-            let n = match e {
-                Expr::Reduce(Reduce::Sum, _) => "sum",
-                Expr::Reduce(Reduce::Max, _) => "max",
-                Expr::Reduce(Reduce::Min, _) => "min",
-                Expr::Unary(Unary::Exp, _) => "exp",
-                Expr::Unary(Unary::Erf, _) => "erf",
-                Expr::Unary(Unary::Tanh, _) => "tanh",
-                Expr::Unary(Unary::Sqrt, _) => "sqrt",
-                Expr::Select(..) => "select",
-                _ => continue,
-            };
-            if !names.contains(&n) {
-                names.push(n);
-            }
-        }
-        format!(
-            "{}x{} in{} out{} [{}]",
-            self.rows(),
-            self.inner(),
-            self.inputs.len(),
-            self.outputs.len(),
-            names.join(",")
-        )
-    }
 }

@@ -51,6 +51,8 @@ mod matmul;
 mod memory;
 mod plan;
 mod specialize;
+#[cfg(test)]
+mod tests;
 
 pub use cache::{CraneliftEvaluator, graph_fingerprint};
 pub use exec::{Compiled, ProfileEntry};

@@ -95,7 +95,7 @@ impl Math {
         let ni = b.ins().fcvt_to_sint_sat(self.int_ty(), n);
         let bias = self.i(b, 127);
         let e = b.ins().iadd(ni, bias);
-        let e = b.ins().ishl_imm(e, 23);
+        let e = b.ins().ishl_imm_s(e, 23);
         let scale = self.to_float(b, e);
         let y = b.ins().fmul(p, scale);
         // Below the smallest normal result: 0; above the largest: inf.
@@ -122,7 +122,7 @@ impl Math {
         let adj = self.select(b, small, adj_small, zero);
         // x = 2^e m, m in [1, 2), then m in [sqrt(1/2), sqrt(2)).
         let bits = self.to_int(b, xs);
-        let e = b.ins().ushr_imm(bits, 23);
+        let e = b.ins().ushr_imm_s(bits, 23);
         let ff = self.i(b, 0xff);
         let e = b.ins().band(e, ff);
         let bias = self.i(b, 127);

@@ -151,11 +151,6 @@ impl MatMulSpec {
         }
         (oa, ob)
     }
-
-    /// Floating-point operations of one run.
-    pub fn flops(&self) -> f64 {
-        2.0 * (self.batch_count() * self.m * self.n * self.k) as f64
-    }
 }
 
 /// A raw pointer that may cross threads: the plan guarantees that the

@@ -19,7 +19,7 @@ use crate::memory;
 use crate::specialize::{Specialized, is_view_op, label};
 use crate::{CompileError, CompileOptions};
 use sharc_ir::op::{Gather, GeluApproximation, LayerNormalization};
-use sharc_ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceKind, Tensor, Type, UnaryOp, ValueRef, VariadicOp, WeightId};
+use sharc_ir::{BinaryOp, DType, Graph, NodeId, Op, ReduceKind, Tensor, UnaryOp, ValueRef, VariadicOp, WeightId};
 use std::collections::{HashMap, HashSet};
 
 /// Where the bytes of a value live at run time.
@@ -234,6 +234,9 @@ fn fusible(g: &Graph, sp: &Specialized, id: NodeId) -> Option<Vec<usize>> {
         return None;
     }
     let ok = match &node.op {
+        Op::Unary(UnaryOp::Not) => {
+            in_types.iter().all(|t| matches!(t, Some((DType::Bool, _)))) && bool_used_by_fusible(g, out)
+        }
         Op::Unary(u) => odt == DType::F32 && all_f32(0) && unary_supported(u),
         Op::Binary(b) => match b {
             BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::PRelu => {
@@ -343,7 +346,13 @@ fn bool_used_by_fusible(g: &Graph, v: ValueRef) -> bool {
         return false;
     }
     g.users(v).iter().all(|(n, _)| {
-        matches!(g.node(*n).op, Op::Where | Op::Cast(_) | Op::Binary(BinaryOp::And | BinaryOp::Or | BinaryOp::Xor))
+        matches!(
+            g.node(*n).op,
+            Op::Where
+                | Op::Cast(_)
+                | Op::Unary(UnaryOp::Not)
+                | Op::Binary(BinaryOp::And | BinaryOp::Or | BinaryOp::Xor)
+        )
     })
 }
 
@@ -1197,6 +1206,7 @@ fn translate(
         Op::Unary(u) => {
             let x = x?;
             match u {
+                UnaryOp::Not => b.push(Expr::Not(x)),
                 UnaryOp::Neg => b.un(U::Neg, x),
                 UnaryOp::Abs => b.un(U::Abs, x),
                 UnaryOp::Sqrt => b.un(U::Sqrt, x),

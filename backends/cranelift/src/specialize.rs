@@ -100,6 +100,16 @@ fn fold_constants(g: &Graph, order: &[NodeId]) -> Result<HashMap<ValueRef, Tenso
             _ => {}
         }
         let ins = g.node_inputs(id);
+        // Shape and Size need only the (now concrete) type of their input,
+        // not its data: this is what makes the shape arithmetic of exported
+        // models (Shape → Gather → Concat → Reshape) fold away.
+        if let Some(t) = ins.first().copied().flatten().and_then(|x| static_shape_tensor(g, &node.op, x)) {
+            let v = ValueRef::new(id, 0);
+            ident.insert(v, format!("c{next}"));
+            next += 1;
+            consts.insert(v, t);
+            continue;
+        }
         if ins.iter().flatten().any(|v| !ident.contains_key(v)) {
             continue;
         }
@@ -170,6 +180,23 @@ fn fold_constants(g: &Graph, order: &[NodeId]) -> Result<HashMap<ValueRef, Tenso
         }
     }
     Ok(consts)
+}
+
+/// The result of `Shape` or `Size` on `x` when `x`'s shape is fully known.
+fn static_shape_tensor(g: &Graph, op: &Op, x: ValueRef) -> Option<Tensor> {
+    let dims: Vec<i64> = g.value_type(x).shape()?.as_fixed()?.iter().map(|&d| d as i64).collect();
+    match op {
+        Op::Shape(s) => {
+            // ONNX: negative bounds count from the end; both are clamped to [0, rank].
+            let rank = dims.len() as i64;
+            let clamp = |i: i64| (if i < 0 { i + rank } else { i }).clamp(0, rank) as usize;
+            let (start, end) = (clamp(s.start), clamp(s.end.unwrap_or(rank)));
+            let picked: Vec<i64> = if start < end { dims[start..end].to_vec() } else { Vec::new() };
+            Some(Tensor::from_vec(&[picked.len()], picked))
+        }
+        Op::Size => Some(Tensor::from_vec(&[], vec![dims.iter().product::<i64>()])),
+        _ => None,
+    }
 }
 
 /// Ops that only re-interpret the shape or order of their first input.
