@@ -154,7 +154,8 @@ fn probe(which: &str) -> Option<(u64, u64)> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with("RSS_PROBE"))?;
+    // libtest may print the test's name on the same line first.
+    let line = text.lines().find_map(|l| l.find("RSS_PROBE").map(|i| &l[i..]))?;
     let f: Vec<&str> = line.split_whitespace().collect();
     Some((f[2].parse().ok()?, f[3].parse().ok()?))
 }
