@@ -197,8 +197,6 @@ fn one_line(s: &str) -> String {
 }
 
 #[test]
-#[ignore = "a node-suite case aborts the process with free(): invalid pointer (memory bug in the backend, not yet \
-            located); run with --ignored once fixed, then SHARC_UPDATE_STATUS=1 to write the status file"]
 fn cranelift_node_conformance() {
     let Some(shared) = common::shared_dir() else { return };
     let root = shared.join("onnx-node");

@@ -1069,6 +1069,16 @@ impl<'a> Planner<'a> {
             let used_outside = g.outputs().iter().any(|o| o.value == out)
                 || g.users(out).iter().any(|(u, _)| !grp.member_set.contains(u));
             if used_outside {
+                // Kernels write f32 only: a mask read outside its kernel
+                // would be written as f32 into a one-byte-per-element buffer.
+                if static_shape(g, out).is_none_or(|t| t.0 != DType::F32) {
+                    return Err(CompileError::Graph(format!(
+                        "node '{}' ({}): its {} result is read outside the fused kernel, which writes f32 only",
+                        label(g, id),
+                        node.op.op_type(),
+                        g.value_type(out)
+                    )));
+                }
                 let shape = static_shape(g, out).map(|t| t.1).unwrap_or_default();
                 let level = if shape == grp.dims { Level::Full } else { Level::Row };
                 outputs.push((out, e, level));
