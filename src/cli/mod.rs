@@ -1,5 +1,8 @@
 //! Command-line interface: one file per subcommand.
 
+mod backend;
+mod bench;
+mod compile;
 mod compress;
 mod inspect;
 mod opt;
@@ -29,6 +32,10 @@ enum Command {
     Compress(Box<compress::Args>),
     /// List the passes, their options and defaults.
     Passes(passes::Args),
+    /// Measure latency, throughput and memory on a backend, optionally against a peer.
+    Bench(bench::Args),
+    /// Compile a model to an object file with a C entry point (and its header).
+    Compile(compile::Args),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message on
@@ -41,6 +48,8 @@ pub fn main() -> ExitCode {
         Command::Opt(a) => opt::run(a),
         Command::Compress(a) => compress::run(*a),
         Command::Passes(a) => passes::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Compile(a) => compile::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

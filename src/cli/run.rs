@@ -1,8 +1,9 @@
 //! `sharc run`: run a model on inputs from a file (or generated ones).
 
+use super::backend::{Backend, Tuning};
 use sharc::Error;
 use sharc::data::{TensorFile, read_safetensors, write_safetensors};
-use sharc::ir::{DType, Dim, Evaluator, Graph, Tensor, Type, Value};
+use sharc::ir::{DType, Dim, Graph, Tensor, Type, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -30,9 +31,10 @@ pub struct Args {
     /// The largest absolute difference --expect accepts.
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f64,
-    /// Which backend runs the model.
-    #[arg(long, default_value = "interp", value_parser = ["interp"])]
-    backend: String,
+    /// Which backend runs the model: the reference interpreter, or compiled
+    /// code from the Cranelift backend (compiled for the input shapes).
+    #[arg(long, value_enum, default_value_t = Backend::Interp)]
+    backend: Backend,
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
@@ -41,10 +43,15 @@ pub fn run(a: Args) -> Result<(), Error> {
         Some(p) => inputs_from_file(&g, p)?,
         None => generated_inputs(&g, &parse_shape(&a.shape)?, a.fill == "ones")?,
     };
-    let evaluator = sharc::interp::Interpreter::new();
+    let eval_err = |e| Error::Eval { model: a.model.clone(), source: e };
+    let prepared = a.backend.prepare(&g, &inputs, &Tuning::default()).map_err(eval_err)?;
+    for line in prepared.describe() {
+        eprintln!("{line}");
+    }
     let start = std::time::Instant::now();
-    let outputs = evaluator.evaluate(&g, &inputs).map_err(|e| Error::Eval { model: a.model.clone(), source: e })?;
+    let outputs = prepared.run(&inputs).map_err(eval_err)?;
     let elapsed = start.elapsed();
+    let backend = a.backend.name();
     let mut file = TensorFile::default();
     for (o, v) in g.outputs().iter().zip(outputs) {
         match v {
@@ -55,7 +62,7 @@ pub fn run(a: Args) -> Result<(), Error> {
             other => println!("{}: {} (not written)", o.name, other.describe()),
         }
     }
-    eprintln!("ran in {:.1} ms on {}", elapsed.as_secs_f64() * 1e3, evaluator.name());
+    eprintln!("ran in {:.1} ms on {backend}", elapsed.as_secs_f64() * 1e3);
     if let Some(out) = &a.output {
         write_safetensors(out, &file)?;
     }
@@ -105,7 +112,7 @@ fn summary(t: &Tensor) -> String {
     }
 }
 
-fn inputs_from_file(g: &Graph, path: &Path) -> Result<Vec<Value>, Error> {
+pub(crate) fn inputs_from_file(g: &Graph, path: &Path) -> Result<Vec<Value>, Error> {
     let file = read_safetensors(path)?;
     g.input_values()
         .iter()
@@ -125,7 +132,7 @@ fn inputs_from_file(g: &Graph, path: &Path) -> Result<Vec<Value>, Error> {
         .collect()
 }
 
-fn parse_shape(items: &[String]) -> Result<BTreeMap<String, usize>, Error> {
+pub(crate) fn parse_shape(items: &[String]) -> Result<BTreeMap<String, usize>, Error> {
     items
         .iter()
         .filter(|s| !s.is_empty())
@@ -142,7 +149,7 @@ fn parse_shape(items: &[String]) -> Result<BTreeMap<String, usize>, Error> {
         .collect()
 }
 
-fn generated_inputs(g: &Graph, dims: &BTreeMap<String, usize>, ones: bool) -> Result<Vec<Value>, Error> {
+pub(crate) fn generated_inputs(g: &Graph, dims: &BTreeMap<String, usize>, ones: bool) -> Result<Vec<Value>, Error> {
     g.input_values()
         .iter()
         .map(|&v| {

@@ -1,0 +1,127 @@
+//! Kernel-level figures for the Cranelift backend: GEMM GFLOP/s (the `gemm`
+//! crate and the Cranelift-generated kernel) on the shapes of minilm-l6 and
+//! gpt-tiny, and fused LayerNormalization / Softmax bandwidth in GB/s.
+//!
+//! `cargo run --release -p sharc-cranelift --example kernels [-- --threads N]`
+//!
+//! Each figure is the median of timed runs of a one-op graph compiled by the
+//! backend, so it includes the per-call overhead a real model pays.
+
+use sharc_cranelift::{CompileOptions, GemmImpl, compile};
+use sharc_ir::op::{AxisAttr, LayerNormalization};
+use sharc_ir::{DType, Graph, Op, Tensor, Type, Weight};
+use std::time::{Duration, Instant};
+
+fn median(mut f: impl FnMut(), iters: usize) -> Duration {
+    for _ in 0..3 {
+        f();
+    }
+    let mut t: Vec<Duration> = (0..iters)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed()
+        })
+        .collect();
+    t.sort();
+    t[t.len() / 2]
+}
+
+fn data(n: usize, seed: f32) -> Vec<f32> {
+    (0..n).map(|i| ((i as f32) * 0.618 + seed).sin()).collect()
+}
+
+fn gemm_graph(batch: usize, m: usize, n: usize, k: usize) -> (Graph, Vec<Tensor>) {
+    let mut g = Graph::new("gemm");
+    let (x, y) = if batch == 1 {
+        let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[m, k])));
+        let w = g.add_weight(Weight::from_tensor("w", Tensor::from_vec(&[k, n], data(k * n, 1.0))));
+        (x, g.add_op(Op::MatMul, &[x, w], Type::Unknown))
+    } else {
+        let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[batch, m, k])));
+        let w = g.add_input("w", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[batch, k, n])));
+        (x, g.add_op(Op::MatMul, &[x, w], Type::Unknown))
+    };
+    let _ = x;
+    g.add_output("y", y);
+    let x_shape: Vec<usize> = if batch == 1 { vec![m, k] } else { vec![batch, m, k] };
+    let mut inputs = vec![Tensor::from_vec(&x_shape, data(batch * m * k, 0.0))];
+    if batch > 1 {
+        inputs.push(Tensor::from_vec(&[batch, k, n], data(batch * k * n, 2.0)));
+    }
+    (g, inputs)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let threads = args
+        .iter()
+        .position(|a| a == "--threads")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("threads: {threads}");
+    println!("GEMM (GFLOP/s, median):");
+    println!("{:>28} {:>12} {:>16}", "batch x m x n x k", "gemm crate", "cranelift kernel");
+    let shapes = [
+        (1, 128, 384, 384, "minilm b1 qkv/out proj"),
+        (1, 1024, 384, 384, "minilm b8 qkv/out proj"),
+        (1, 1024, 1536, 384, "minilm b8 ffn up"),
+        (1, 1024, 384, 1536, "minilm b8 ffn down"),
+        (96, 128, 128, 32, "minilm b8 attention QK^T"),
+        (96, 128, 32, 128, "minilm b8 attention AV"),
+        (1, 128, 768, 256, "gpt-tiny b1 ffn up"),
+    ];
+    for (b, m, n, k, what) in shapes {
+        let (g, inputs) = gemm_graph(b, m, n, k);
+        let flops = 2.0 * (b * m * n * k) as f64;
+        let mut line = format!("{:>28}", format!("{b}x{m}x{n}x{k}"));
+        for gemm in [GemmImpl::Crate, GemmImpl::Cranelift] {
+            let opts = CompileOptions { gemm, threads: Some(threads), ..Default::default() };
+            let c = compile(&g, &opts).expect("compiles");
+            let iters = if gemm == GemmImpl::Crate { 30 } else { 5 };
+            let t = median(|| drop(c.run(&inputs).expect("runs")), iters);
+            line.push_str(&format!(" {:>12.1}", flops / t.as_secs_f64() / 1e9));
+        }
+        println!("{line}    {what}");
+    }
+    println!("fused kernels (GB/s of input read + output written, median):");
+    // LayerNormalization over [rows, 384] with scale and bias.
+    for rows in [128usize, 1024] {
+        let mut g = Graph::new("ln");
+        let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[rows, 384])));
+        let s = g.add_weight(Weight::from_tensor("s", Tensor::from_vec(&[384], data(384, 3.0))));
+        let b = g.add_weight(Weight::from_tensor("b", Tensor::from_vec(&[384], data(384, 4.0))));
+        let y = g.add_op(
+            Op::LayerNormalization(LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 }),
+            &[x, s, b],
+            Type::Unknown,
+        );
+        g.add_output("y", y);
+        let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
+        let inp = vec![Tensor::from_vec(&[rows, 384], data(rows * 384, 0.5))];
+        let t = median(|| drop(c.run(&inp).expect("runs")), 50);
+        let bytes = 2.0 * (rows * 384 * 4) as f64;
+        println!(
+            "  LayerNormalization [{rows}, 384]: {:.2} GB/s ({:.1} us)",
+            bytes / t.as_secs_f64() / 1e9,
+            t.as_secs_f64() * 1e6
+        );
+    }
+    for heads in [12usize, 96] {
+        let mut g = Graph::new("sm");
+        let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[heads, 128, 128])));
+        let y = g.add_op(Op::Softmax(AxisAttr { axis: -1 }), &[x], Type::Unknown);
+        g.add_output("y", y);
+        let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
+        let n = heads * 128 * 128;
+        let inp = vec![Tensor::from_vec(&[heads, 128, 128], data(n, 0.25))];
+        let t = median(|| drop(c.run(&inp).expect("runs")), 50);
+        let bytes = 2.0 * (n * 4) as f64;
+        println!(
+            "  Softmax [{heads}, 128, 128]: {:.2} GB/s ({:.1} us)",
+            bytes / t.as_secs_f64() / 1e9,
+            t.as_secs_f64() * 1e6
+        );
+    }
+}

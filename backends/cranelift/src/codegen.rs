@@ -1,0 +1,830 @@
+//! Cranelift code for fused kernels.
+//!
+//! Every kernel has the C signature
+//! `void kernel(void *const *ptrs, int64_t row_start, int64_t row_end)`:
+//! `ptrs` holds the base address of each input, then of each output, and
+//! the kernel computes rows `row_start..row_end`, so a caller can split the
+//! rows over threads. Shapes and strides are baked in as constants.
+//!
+//! Per row the kernel runs one loop over the row for each reduction and a
+//! final loop that writes the outputs; each loop is `f32x4` where every
+//! input it reads is contiguous or broadcast along the row, with a scalar
+//! tail. Row positions advance like an odometer, so no division happens per
+//! row.
+
+use crate::CompileError;
+use crate::kernel::{Binary, Cmp, Expr, ExprId, InputType, KernelSpec, Kind, Level, Logic, Reduce, Unary};
+use crate::math::Math;
+use cranelift_codegen::Context;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Type, UserFuncName, Value, types};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_module::{FuncId, Linkage, Module};
+use std::collections::{BTreeSet, HashMap};
+
+/// Declares and defines a kernel in `module`.
+pub(crate) fn define_kernel<M: Module>(
+    module: &mut M,
+    name: &str,
+    linkage: Linkage,
+    spec: &KernelSpec,
+) -> Result<FuncId, CompileError> {
+    let err = |m: String| CompileError::Codegen { what: format!("kernel {name}"), message: m };
+    let ptr = module.target_config().pointer_type();
+    let mut sig = module.make_signature();
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    let id = module.declare_function(name, linkage, &sig).map_err(|e| err(e.to_string()))?;
+    let mut ctx = Context::new();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    let frontend = module.target_config();
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        Gen::new(spec, ptr).emit(&mut b);
+        b.seal_all_blocks();
+        b.finalize(frontend);
+    }
+    module.define_function(id, &mut ctx).map_err(|e| err(format!("{e:?}")))?;
+    Ok(id)
+}
+
+fn flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+struct Gen<'s> {
+    spec: &'s KernelSpec,
+    ptr: Type,
+    kinds: Vec<Kind>,
+    levels: Vec<Level>,
+    /// Base addresses: inputs, then outputs.
+    bases: Vec<Value>,
+    /// Byte offset of the current row, per input.
+    offs: Vec<Variable>,
+    row: Option<Variable>,
+    /// Row values computed for the current row.
+    row_cache: HashMap<ExprId, Value>,
+    /// Their `f32x4` (or `i32x4` mask) splats, for vector loops.
+    splat_cache: HashMap<ExprId, Value>,
+    /// True when every input's row stride is 0 or 1, so loops can use f32x4.
+    vectorizable: bool,
+    /// Full expressions kept in an output's row by a reduction loop, so the
+    /// final loop reads them instead of recomputing (softmax's `exp`):
+    /// expression → (output index, that row's address).
+    stored: HashMap<ExprId, (usize, Value)>,
+    /// The output chosen by `scratch_for` for the loop being emitted.
+    pending_scratch: Option<usize>,
+}
+
+impl<'s> Gen<'s> {
+    fn new(spec: &'s KernelSpec, ptr: Type) -> Gen<'s> {
+        let vectorizable = spec.inputs.iter().all(|i| matches!(i.strides.last(), Some(0) | Some(1)));
+        Gen {
+            spec,
+            ptr,
+            kinds: spec.kinds(),
+            levels: spec.levels(),
+            bases: Vec::new(),
+            offs: Vec::new(),
+            row: None,
+            row_cache: HashMap::new(),
+            splat_cache: HashMap::new(),
+            vectorizable,
+            stored: HashMap::new(),
+            pending_scratch: None,
+        }
+    }
+
+    fn esize(&self, k: usize) -> i64 {
+        match self.spec.inputs[k].ty {
+            InputType::F32 => 4,
+            InputType::Bool => 1,
+        }
+    }
+
+    fn emit(mut self, b: &mut FunctionBuilder) {
+        let spec = self.spec;
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (table, start, end) = (params[0], params[1], params[2]);
+        let n_ptrs = spec.inputs.len() + spec.outputs.len();
+        for i in 0..n_ptrs {
+            let p = b.ins().load(self.ptr, flags(), table, (i * 8) as i32);
+            self.bases.push(p);
+        }
+        let exit = b.create_block();
+        let header = b.create_block();
+        let outer = &spec.dims[..spec.dims.len() - 1];
+        // Decompose row_start into indices once.
+        let mut idx_vars = Vec::new();
+        let mut idx_vals = vec![None; outer.len()];
+        let mut r = start;
+        for d in (0..outer.len()).rev() {
+            let dim = b.ins().iconst(types::I64, outer[d] as i64);
+            idx_vals[d] = Some(b.ins().urem(r, dim));
+            r = b.ins().udiv(r, dim);
+        }
+        for v in idx_vals.iter().flatten() {
+            let var = b.declare_var(types::I64);
+            b.def_var(var, *v);
+            idx_vars.push(var);
+        }
+        for k in 0..spec.inputs.len() {
+            let es = self.esize(k);
+            let mut off = b.ins().iconst(types::I64, 0);
+            for (d, iv) in idx_vals.iter().enumerate() {
+                let s = spec.inputs[k].strides[d] as i64 * es;
+                if s != 0 {
+                    let t = b.ins().imul_imm_s(iv.expect("index"), s);
+                    off = b.ins().iadd(off, t);
+                }
+            }
+            let var = b.declare_var(types::I64);
+            b.def_var(var, off);
+            self.offs.push(var);
+        }
+        let row = b.declare_var(types::I64);
+        b.def_var(row, start);
+        self.row = Some(row);
+        let empty = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, start, end);
+        b.ins().brif(empty, exit, &[], header, &[]);
+
+        // One row.
+        b.switch_to_block(header);
+        self.row_cache.clear();
+        self.splat_cache.clear();
+        self.stored.clear();
+        let reductions: Vec<ExprId> =
+            (0..spec.exprs.len()).filter(|&e| matches!(spec.exprs[e], Expr::Reduce(..))).collect();
+        for r in reductions {
+            self.emit_reduction(b, r);
+        }
+        self.emit_outputs(b);
+
+        // Next row: odometer increment of indices and offsets.
+        let row_v = b.use_var(row);
+        let next = b.ins().iadd_imm_s(row_v, 1);
+        b.def_var(row, next);
+        let done = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, next, end);
+        let mut inc_blocks: Vec<_> = (0..outer.len()).map(|_| b.create_block()).collect();
+        if outer.is_empty() {
+            b.ins().brif(done, exit, &[], header, &[]);
+        } else {
+            let last = *inc_blocks.last().expect("non-empty");
+            b.ins().brif(done, exit, &[], last, &[]);
+            for d in (0..outer.len()).rev() {
+                b.switch_to_block(inc_blocks[d]);
+                let iv = b.use_var(idx_vars[d]);
+                let iv = b.ins().iadd_imm_s(iv, 1);
+                b.def_var(idx_vars[d], iv);
+                for k in 0..spec.inputs.len() {
+                    let s = spec.inputs[k].strides[d] as i64 * self.esize(k);
+                    if s != 0 {
+                        let o = b.use_var(self.offs[k]);
+                        let o = b.ins().iadd_imm_s(o, s);
+                        b.def_var(self.offs[k], o);
+                    }
+                }
+                if d == 0 {
+                    b.ins().jump(header, &[]);
+                } else {
+                    let wrap = b.create_block();
+                    let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, iv, outer[d] as i64);
+                    b.ins().brif(more, header, &[], wrap, &[]);
+                    b.switch_to_block(wrap);
+                    let zero = b.ins().iconst(types::I64, 0);
+                    b.def_var(idx_vars[d], zero);
+                    for k in 0..spec.inputs.len() {
+                        let s = spec.inputs[k].strides[d] as i64 * self.esize(k) * outer[d] as i64;
+                        if s != 0 {
+                            let o = b.use_var(self.offs[k]);
+                            let o = b.ins().iadd_imm_s(o, -s);
+                            b.def_var(self.offs[k], o);
+                        }
+                    }
+                    b.ins().jump(inc_blocks[d - 1], &[]);
+                }
+            }
+        }
+        inc_blocks.clear();
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+    }
+
+    /// Row values reachable from `e` through full expressions: what a loop
+    /// over the row needs computed before it starts.
+    fn row_deps(&self, e: ExprId, out: &mut BTreeSet<ExprId>) {
+        if self.levels[e] == Level::Row {
+            out.insert(e);
+            return;
+        }
+        match &self.spec.exprs[e] {
+            Expr::Input(_) | Expr::Const(_) | Expr::Reduce(..) => {}
+            Expr::Unary(_, a) | Expr::Not(a) | Expr::MaskToF32(a) | Expr::F32ToMask(a) => self.row_deps(*a, out),
+            Expr::Binary(_, a, c) | Expr::Cmp(_, a, c) | Expr::Logic(_, a, c) => {
+                self.row_deps(*a, out);
+                self.row_deps(*c, out);
+            }
+            Expr::Select(m, a, c) => {
+                self.row_deps(*m, out);
+                self.row_deps(*a, out);
+                self.row_deps(*c, out);
+            }
+        }
+    }
+
+    /// Computes row values (and their splats when `vector`) before a loop.
+    fn prepare(&mut self, b: &mut FunctionBuilder, deps: &BTreeSet<ExprId>, vector: bool) {
+        for &e in deps {
+            let v = self.row_value(b, e);
+            if vector && !self.splat_cache.contains_key(&e) {
+                let s = match self.kinds[e] {
+                    Kind::F32 => b.ins().splat(types::F32X4, v),
+                    Kind::Mask => {
+                        let t = b.ins().iconst(types::I32, -1);
+                        let f = b.ins().iconst(types::I32, 0);
+                        let w = b.ins().select(v, t, f);
+                        b.ins().splat(types::I32X4, w)
+                    }
+                };
+                self.splat_cache.insert(e, s);
+            }
+        }
+    }
+
+    /// A row-level value (scalar), computed once per row.
+    fn row_value(&mut self, b: &mut FunctionBuilder, e: ExprId) -> Value {
+        if let Some(v) = self.row_cache.get(&e) {
+            return *v;
+        }
+        let m = Math { ty: types::F32 };
+        let v = match self.spec.exprs[e].clone() {
+            Expr::Input(k) => {
+                let addr = self.addr(b, k, None);
+                self.load(b, k, addr, false)
+            }
+            Expr::Reduce(..) => unreachable!("reductions are computed before their users"),
+            other => {
+                let mut ops = Vec::new();
+                for a in operands(&other) {
+                    ops.push(self.row_value(b, a));
+                }
+                self.apply(b, &m, &other, &ops, false)
+            }
+        };
+        self.row_cache.insert(e, v);
+        v
+    }
+
+    /// Address of input `k` at row position `j` (an i64 element index) of the
+    /// current row; `None` is position 0.
+    fn addr(&self, b: &mut FunctionBuilder, k: usize, j: Option<Value>) -> Value {
+        let off = b.use_var(self.offs[k]);
+        let base = b.ins().iadd(self.bases[k], off);
+        match j {
+            None => base,
+            Some(j) => {
+                let s = *self.spec.inputs[k].strides.last().expect("dims") as i64 * self.esize(k);
+                if s == 0 {
+                    base
+                } else {
+                    let t = b.ins().imul_imm_s(j, s);
+                    b.ins().iadd(base, t)
+                }
+            }
+        }
+    }
+
+    fn load(&self, b: &mut FunctionBuilder, k: usize, addr: Value, vector: bool) -> Value {
+        match (self.spec.inputs[k].ty, vector) {
+            (InputType::F32, false) => b.ins().load(types::F32, flags(), addr, 0),
+            (InputType::F32, true) => b.ins().load(types::F32X4, flags(), addr, 0),
+            (InputType::Bool, false) => {
+                let x = b.ins().uload8(types::I32, flags(), addr, 0);
+                b.ins().icmp_imm_s(IntCC::NotEqual, x, 0)
+            }
+            (InputType::Bool, true) => {
+                let z = b.ins().iconst(types::I32, 0);
+                let mut v = b.ins().splat(types::I32X4, z);
+                for lane in 0..4u8 {
+                    let x = b.ins().uload8(types::I32, flags(), addr, lane as i32);
+                    v = b.ins().insertlane(v, x, lane);
+                }
+                let zero = b.ins().splat(types::I32X4, z);
+                b.ins().icmp(IntCC::NotEqual, v, zero)
+            }
+        }
+    }
+
+    /// A full-level expression at position `j` (vector: lanes j..j+4).
+    fn full_value(
+        &mut self,
+        b: &mut FunctionBuilder,
+        e: ExprId,
+        j: Value,
+        vector: bool,
+        cache: &mut HashMap<ExprId, Value>,
+    ) -> Value {
+        if let Some(v) = cache.get(&e) {
+            return *v;
+        }
+        if self.levels[e] == Level::Row {
+            return if vector { self.splat_cache[&e] } else { self.row_cache[&e] };
+        }
+        if let Some(&(_, row_addr)) = self.stored.get(&e) {
+            let off = b.ins().imul_imm_s(j, 4);
+            let addr = b.ins().iadd(row_addr, off);
+            let v = b.ins().load(if vector { types::F32X4 } else { types::F32 }, flags(), addr, 0);
+            cache.insert(e, v);
+            return v;
+        }
+        let m = Math { ty: if vector { types::F32X4 } else { types::F32 } };
+        let v = match self.spec.exprs[e].clone() {
+            Expr::Input(k) => {
+                let addr = self.addr(b, k, Some(j));
+                self.load(b, k, addr, vector)
+            }
+            other => {
+                let mut ops = Vec::new();
+                for a in operands(&other) {
+                    ops.push(self.full_value(b, a, j, vector, cache));
+                }
+                self.apply(b, &m, &other, &ops, vector)
+            }
+        };
+        cache.insert(e, v);
+        v
+    }
+
+    /// One operation on already computed operands.
+    fn apply(&self, b: &mut FunctionBuilder, m: &Math, e: &Expr, ops: &[Value], vector: bool) -> Value {
+        match e {
+            Expr::Const(c) => m.f(b, *c),
+            Expr::Unary(u, _) => {
+                let x = ops[0];
+                match u {
+                    Unary::Neg => b.ins().fneg(x),
+                    Unary::Abs => b.ins().fabs(x),
+                    Unary::Sqrt => b.ins().sqrt(x),
+                    Unary::Recip => {
+                        let one = m.f(b, 1.0);
+                        b.ins().fdiv(one, x)
+                    }
+                    Unary::Exp => m.exp(b, x),
+                    Unary::Log => m.log(b, x),
+                    Unary::Tanh => m.tanh(b, x),
+                    Unary::Erf => m.erf(b, x),
+                    Unary::Sigmoid => m.sigmoid(b, x),
+                    Unary::Floor => b.ins().floor(x),
+                    Unary::Ceil => b.ins().ceil(x),
+                    Unary::Round => b.ins().nearest(x),
+                }
+            }
+            Expr::Binary(op, ..) => {
+                let (x, y) = (ops[0], ops[1]);
+                match op {
+                    Binary::Add => b.ins().fadd(x, y),
+                    Binary::Sub => b.ins().fsub(x, y),
+                    Binary::Mul => b.ins().fmul(x, y),
+                    Binary::Div => b.ins().fdiv(x, y),
+                    Binary::Max => b.ins().fmax(x, y),
+                    Binary::Min => b.ins().fmin(x, y),
+                }
+            }
+            Expr::Cmp(c, ..) => {
+                let cc = match c {
+                    Cmp::Eq => FloatCC::Equal,
+                    Cmp::Lt => FloatCC::LessThan,
+                    Cmp::Le => FloatCC::LessThanOrEqual,
+                    Cmp::Gt => FloatCC::GreaterThan,
+                    Cmp::Ge => FloatCC::GreaterThanOrEqual,
+                };
+                b.ins().fcmp(cc, ops[0], ops[1])
+            }
+            Expr::Logic(l, ..) => match l {
+                Logic::And => b.ins().band(ops[0], ops[1]),
+                Logic::Or => b.ins().bor(ops[0], ops[1]),
+                Logic::Xor => b.ins().bxor(ops[0], ops[1]),
+            },
+            Expr::Not(_) => {
+                if vector {
+                    b.ins().bnot(ops[0])
+                } else {
+                    b.ins().bxor_imm_s(ops[0], 1)
+                }
+            }
+            Expr::Select(..) => {
+                if vector {
+                    let mask = b.ins().bitcast(types::F32X4, MemFlagsData::new(), ops[0]);
+                    let is_mask = b.func.dfg.value_type(ops[1]) == types::I32X4;
+                    if is_mask {
+                        let x = b.ins().bitcast(types::F32X4, MemFlagsData::new(), ops[1]);
+                        let y = b.ins().bitcast(types::F32X4, MemFlagsData::new(), ops[2]);
+                        let r = b.ins().bitselect(mask, x, y);
+                        b.ins().bitcast(types::I32X4, MemFlagsData::new(), r)
+                    } else {
+                        b.ins().bitselect(mask, ops[1], ops[2])
+                    }
+                } else {
+                    b.ins().select(ops[0], ops[1], ops[2])
+                }
+            }
+            Expr::MaskToF32(_) => {
+                let one = m.f(b, 1.0);
+                if vector {
+                    let mask = b.ins().bitcast(types::F32X4, MemFlagsData::new(), ops[0]);
+                    b.ins().band(mask, one)
+                } else {
+                    let zero = m.f(b, 0.0);
+                    b.ins().select(ops[0], one, zero)
+                }
+            }
+            Expr::F32ToMask(_) => {
+                let zero = m.f(b, 0.0);
+                b.ins().fcmp(FloatCC::NotEqual, ops[0], zero)
+            }
+            Expr::Input(_) | Expr::Reduce(..) => unreachable!("handled by the callers"),
+        }
+    }
+
+    /// Emits `for j in (start..end).step_by(step)` and calls `body(j)` in the
+    /// loop body; `accs` are loop-carried values updated by `body`.
+    fn emit_loop(
+        &mut self,
+        b: &mut FunctionBuilder,
+        start: i64,
+        end: i64,
+        step: i64,
+        mut body: impl FnMut(&mut Self, &mut FunctionBuilder, Value),
+    ) {
+        if start >= end {
+            return;
+        }
+        let jv = b.declare_var(types::I64);
+        let j0 = b.ins().iconst(types::I64, start);
+        b.def_var(jv, j0);
+        let head = b.create_block();
+        let body_b = b.create_block();
+        let exit = b.create_block();
+        b.ins().jump(head, &[]);
+        b.switch_to_block(head);
+        let j = b.use_var(jv);
+        let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, j, end);
+        b.ins().brif(more, body_b, &[], exit, &[]);
+        b.switch_to_block(body_b);
+        let j = b.use_var(jv);
+        body(self, b, j);
+        let j = b.use_var(jv);
+        let nj = b.ins().iadd_imm_s(j, step);
+        b.def_var(jv, nj);
+        b.ins().jump(head, &[]);
+        b.switch_to_block(exit);
+    }
+
+    fn vec_end(&self) -> i64 {
+        let inner = self.spec.inner() as i64;
+        if self.vectorizable { inner / 4 * 4 } else { 0 }
+    }
+
+    fn emit_reduction(&mut self, b: &mut FunctionBuilder, r: ExprId) {
+        let Expr::Reduce(kind, a) = self.spec.exprs[r] else { unreachable!("a reduction") };
+        let inner = self.spec.inner() as i64;
+        let mut deps = BTreeSet::new();
+        self.row_deps(a, &mut deps);
+        if self.levels[a] == Level::Row {
+            // Reducing a value that is constant along the row.
+            let v = self.row_value(b, a);
+            let out = match kind {
+                Reduce::Sum => {
+                    let n = b.ins().f32const(inner as f32);
+                    b.ins().fmul(v, n)
+                }
+                Reduce::Max | Reduce::Min => v,
+            };
+            self.row_cache.insert(r, out);
+            return;
+        }
+        let vec_end = self.vec_end();
+        self.prepare(b, &deps, vec_end > 0);
+        let keep = self.scratch_for(b, a);
+        let identity = match kind {
+            Reduce::Sum => 0.0,
+            Reduce::Max => f32::NEG_INFINITY,
+            Reduce::Min => f32::INFINITY,
+        };
+        let combine = |b: &mut FunctionBuilder, x: Value, y: Value| match kind {
+            Reduce::Sum => b.ins().fadd(x, y),
+            Reduce::Max => b.ins().fmax(x, y),
+            Reduce::Min => b.ins().fmin(x, y),
+        };
+        let sacc = b.declare_var(types::F32);
+        let init = b.ins().f32const(identity);
+        b.def_var(sacc, init);
+        if vec_end > 0 {
+            let vacc = b.declare_var(types::F32X4);
+            let init = b.ins().splat(types::F32X4, init);
+            b.def_var(vacc, init);
+            self.emit_loop(b, 0, vec_end, 4, |g, b, j| {
+                let mut cache = HashMap::new();
+                let x = g.full_value(b, a, j, true, &mut cache);
+                if let Some(row_addr) = keep {
+                    let off = b.ins().imul_imm_s(j, 4);
+                    let addr = b.ins().iadd(row_addr, off);
+                    b.ins().store(flags(), x, addr, 0);
+                }
+                let acc = b.use_var(vacc);
+                let acc = combine(b, acc, x);
+                b.def_var(vacc, acc);
+            });
+            let acc = b.use_var(vacc);
+            let l: Vec<Value> = (0..4u8).map(|i| b.ins().extractlane(acc, i)).collect();
+            let x = combine(b, l[0], l[1]);
+            let y = combine(b, l[2], l[3]);
+            let s = combine(b, x, y);
+            b.def_var(sacc, s);
+        }
+        if vec_end < inner {
+            self.prepare(b, &deps, false);
+            self.emit_loop(b, vec_end, inner, 1, |g, b, j| {
+                let mut cache = HashMap::new();
+                let x = g.full_value(b, a, j, false, &mut cache);
+                if let Some(row_addr) = keep {
+                    let off = b.ins().imul_imm_s(j, 4);
+                    let addr = b.ins().iadd(row_addr, off);
+                    b.ins().store(flags(), x, addr, 0);
+                }
+                let acc = b.use_var(sacc);
+                let acc = combine(b, acc, x);
+                b.def_var(sacc, acc);
+            });
+        }
+        let v = b.use_var(sacc);
+        self.row_cache.insert(r, v);
+        if let (Some(row_addr), Some(o)) = (keep, self.pending_scratch.take()) {
+            self.stored.insert(a, (o, row_addr));
+        }
+    }
+
+    /// When `a` (reduced in the coming loop) is expensive and the outputs
+    /// need it again, picks a full output whose row can hold it meanwhile
+    /// and returns that row's address. Output rows are written only by the
+    /// final loop, which reads each kept value before writing over it.
+    fn scratch_for(&mut self, b: &mut FunctionBuilder, a: ExprId) -> Option<Value> {
+        if self.stored.contains_key(&a) || !self.expensive(a) {
+            return None;
+        }
+        let spec = self.spec;
+        let mut finals = BTreeSet::new();
+        for o in &spec.outputs {
+            if o.level == Level::Full {
+                self.full_deps(o.expr, &mut finals);
+            }
+        }
+        if !finals.contains(&a) {
+            return None;
+        }
+        let used: Vec<usize> = self.stored.values().map(|(o, _)| *o).collect();
+        let o = (0..spec.outputs.len()).find(|&o| spec.outputs[o].level == Level::Full && !used.contains(&o))?;
+        let row = b.use_var(self.row.expect("row variable"));
+        let off = b.ins().imul_imm_s(row, spec.inner() as i64 * 4);
+        let addr = b.ins().iadd(self.bases[spec.inputs.len() + o], off);
+        self.pending_scratch = Some(o);
+        Some(addr)
+    }
+
+    /// Full expressions reachable from `e` without crossing a row value.
+    fn full_deps(&self, e: ExprId, out: &mut BTreeSet<ExprId>) {
+        if self.levels[e] == Level::Row || !out.insert(e) {
+            return;
+        }
+        for a in operands(&self.spec.exprs[e]) {
+            self.full_deps(a, out);
+        }
+    }
+
+    /// True when `e` computes a transcendental function per element.
+    fn expensive(&self, e: ExprId) -> bool {
+        let mut deps = BTreeSet::new();
+        self.full_deps(e, &mut deps);
+        deps.iter().any(|&d| {
+            matches!(
+                self.spec.exprs[d],
+                Expr::Unary(Unary::Exp | Unary::Log | Unary::Tanh | Unary::Erf | Unary::Sigmoid, _)
+            )
+        })
+    }
+
+    fn emit_outputs(&mut self, b: &mut FunctionBuilder) {
+        let spec = self.spec;
+        let inner = spec.inner() as i64;
+        let n_in = spec.inputs.len();
+        let row = b.use_var(self.row.expect("row variable"));
+        // Row outputs first: they need no loop.
+        let mut full = Vec::new();
+        for (o, out) in spec.outputs.iter().enumerate() {
+            match out.level {
+                Level::Row => {
+                    let v = self.row_value(b, out.expr);
+                    let off = b.ins().imul_imm_s(row, 4);
+                    let addr = b.ins().iadd(self.bases[n_in + o], off);
+                    b.ins().store(flags(), v, addr, 0);
+                }
+                Level::Full => full.push((o, out.expr)),
+            }
+        }
+        if full.is_empty() {
+            return;
+        }
+        let mut deps = BTreeSet::new();
+        for &(_, e) in &full {
+            self.row_deps(e, &mut deps);
+        }
+        let vec_end = self.vec_end();
+        self.prepare(b, &deps, vec_end > 0);
+        let row_off = b.ins().imul_imm_s(row, inner * 4);
+        let out_bases: Vec<Value> = full.iter().map(|&(o, _)| b.ins().iadd(self.bases[n_in + o], row_off)).collect();
+        for (vector, lo, hi, step) in [(true, 0, vec_end, 4), (false, vec_end, inner, 1)] {
+            if lo >= hi {
+                continue;
+            }
+            let kept: Vec<ExprId> = self.stored.keys().copied().collect();
+            self.emit_loop(b, lo, hi, step, |g, b, j| {
+                let mut cache = HashMap::new();
+                // Kept values live in output rows: read them all before any
+                // output of this position is written.
+                for &e in &kept {
+                    g.full_value(b, e, j, vector, &mut cache);
+                }
+                for (i, &(_, e)) in full.iter().enumerate() {
+                    let v = g.full_value(b, e, j, vector, &mut cache);
+                    let off = b.ins().imul_imm_s(j, 4);
+                    let addr = b.ins().iadd(out_bases[i], off);
+                    b.ins().store(flags(), v, addr, 0);
+                }
+            });
+        }
+    }
+}
+
+fn operands(e: &Expr) -> Vec<ExprId> {
+    match e {
+        Expr::Input(_) | Expr::Const(_) => vec![],
+        Expr::Unary(_, a) | Expr::Not(a) | Expr::MaskToF32(a) | Expr::F32ToMask(a) | Expr::Reduce(_, a) => vec![*a],
+        Expr::Binary(_, a, c) | Expr::Cmp(_, a, c) | Expr::Logic(_, a, c) => vec![*a, *c],
+        Expr::Select(m, a, c) => vec![*m, *a, *c],
+    }
+}
+
+/// Emits `for i in (start..end).step_by(step) { body(i) }` with i64 bounds.
+fn for_loop(
+    b: &mut FunctionBuilder,
+    start: Value,
+    end: Value,
+    step: i64,
+    mut body: impl FnMut(&mut FunctionBuilder, Value),
+) {
+    let iv = b.declare_var(types::I64);
+    b.def_var(iv, start);
+    let head = b.create_block();
+    let body_b = b.create_block();
+    let exit = b.create_block();
+    b.ins().jump(head, &[]);
+    b.switch_to_block(head);
+    let i = b.use_var(iv);
+    let more = b.ins().icmp(IntCC::SignedLessThan, i, end);
+    b.ins().brif(more, body_b, &[], exit, &[]);
+    b.switch_to_block(body_b);
+    let i = b.use_var(iv);
+    body(b, i);
+    let i = b.use_var(iv);
+    let ni = b.ins().iadd_imm_s(i, step);
+    b.def_var(iv, ni);
+    b.ins().jump(head, &[]);
+    b.switch_to_block(exit);
+}
+
+/// Declares and defines a matrix-product kernel: the same row-kernel
+/// signature as fused kernels, with the pointer table `[A, B, out]` and
+/// rows counting `batch × m` output rows.
+pub(crate) fn define_matmul<M: Module>(
+    module: &mut M,
+    name: &str,
+    linkage: Linkage,
+    spec: &crate::matmul::MatMulSpec,
+) -> Result<FuncId, CompileError> {
+    let err = |m: String| CompileError::Codegen { what: format!("matmul kernel {name}"), message: m };
+    let ptr = module.target_config().pointer_type();
+    let mut sig = module.make_signature();
+    sig.params.push(AbiParam::new(ptr));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    let id = module.declare_function(name, linkage, &sig).map_err(|e| err(e.to_string()))?;
+    let mut ctx = Context::new();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, id.as_u32());
+    let frontend = module.target_config();
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        emit_matmul(&mut b, ptr, spec);
+        b.seal_all_blocks();
+        b.finalize(frontend);
+    }
+    module.define_function(id, &mut ctx).map_err(|e| err(format!("{e:?}")))?;
+    Ok(id)
+}
+
+fn emit_matmul(b: &mut FunctionBuilder, ptr: Type, s: &crate::matmul::MatMulSpec) {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let p = b.block_params(entry).to_vec();
+    let (table, start, end) = (p[0], p[1], p[2]);
+    let a = b.ins().load(ptr, flags(), table, 0);
+    let bb = b.ins().load(ptr, flags(), table, 8);
+    let out = b.ins().load(ptr, flags(), table, 16);
+    let (m, n, k) = (s.m as i64, s.n as i64, s.k as i64);
+    let alpha = s.alpha();
+    // Columns in blocks of 8 and 4 when B is contiguous along them.
+    let (n8, n4) = if s.b_cs == 1 { (n / 8 * 8, n / 4 * 4) } else { (0, 0) };
+    for_loop(b, start, end, 1, |b, r| {
+        let bi = b.ins().udiv_imm_s(r, m);
+        let mi = b.ins().urem_imm_s(r, m);
+        // Batch offsets (elements) of A and B.
+        let mut oa = b.ins().imul_imm_s(mi, s.a_rs as i64);
+        let mut ob = b.ins().iconst(types::I64, 0);
+        let mut rest = bi;
+        for d in (0..s.batch.len()).rev() {
+            let idx = b.ins().urem_imm_s(rest, s.batch[d] as i64);
+            rest = b.ins().udiv_imm_s(rest, s.batch[d] as i64);
+            if s.a_bstrides[d] != 0 {
+                let t = b.ins().imul_imm_s(idx, s.a_bstrides[d] as i64);
+                oa = b.ins().iadd(oa, t);
+            }
+            if s.b_bstrides[d] != 0 {
+                let t = b.ins().imul_imm_s(idx, s.b_bstrides[d] as i64);
+                ob = b.ins().iadd(ob, t);
+            }
+        }
+        let oa4 = b.ins().imul_imm_s(oa, 4);
+        let a_row = b.ins().iadd(a, oa4);
+        let ob4 = b.ins().imul_imm_s(ob, 4);
+        let b_base = b.ins().iadd(bb, ob4);
+        let ro = b.ins().imul_imm_s(r, n * 4);
+        let o_row = b.ins().iadd(out, ro);
+        for (lo, hi, lanes) in [(0, n8, 8), (n8, n4, 4), (n4, n, 1)] {
+            if lo >= hi {
+                continue;
+            }
+            let lo_v = b.ins().iconst(types::I64, lo);
+            let hi_v = b.ins().iconst(types::I64, hi);
+            for_loop(b, lo_v, hi_v, lanes, |b, j| {
+                let (ty, nacc) = match lanes {
+                    8 => (types::F32X4, 2),
+                    4 => (types::F32X4, 1),
+                    _ => (types::F32, 1),
+                };
+                let accs: Vec<Variable> = (0..nacc).map(|_| b.declare_var(ty)).collect();
+                let z = b.ins().f32const(0.0);
+                let zv = if ty == types::F32 { z } else { b.ins().splat(ty, z) };
+                for &acc in &accs {
+                    b.def_var(acc, zv);
+                }
+                let j4 = b.ins().imul_imm_s(j, 4 * s.b_cs as i64);
+                let bcol = b.ins().iadd(b_base, j4);
+                let k0 = b.ins().iconst(types::I64, 0);
+                let kend = b.ins().iconst(types::I64, k);
+                for_loop(b, k0, kend, 1, |b, kk| {
+                    let ao = b.ins().imul_imm_s(kk, s.a_cs as i64 * 4);
+                    let ap = b.ins().iadd(a_row, ao);
+                    let av = b.ins().load(types::F32, flags(), ap, 0);
+                    let av = if ty == types::F32 { av } else { b.ins().splat(ty, av) };
+                    let bo = b.ins().imul_imm_s(kk, s.b_rs as i64 * 4);
+                    let bp = b.ins().iadd(bcol, bo);
+                    for (i, &acc) in accs.iter().enumerate() {
+                        let bv = b.ins().load(ty, flags(), bp, (i * 16) as i32);
+                        let prod = b.ins().fmul(av, bv);
+                        let cur = b.use_var(acc);
+                        let sum = b.ins().fadd(cur, prod);
+                        b.def_var(acc, sum);
+                    }
+                });
+                let jo = b.ins().imul_imm_s(j, 4);
+                let op = b.ins().iadd(o_row, jo);
+                let al = b.ins().f32const(alpha);
+                let al = if ty == types::F32 { al } else { b.ins().splat(ty, al) };
+                for (i, &acc) in accs.iter().enumerate() {
+                    let v = b.use_var(acc);
+                    let v = if alpha == 1.0 { v } else { b.ins().fmul(v, al) };
+                    b.ins().store(flags(), v, op, (i * 16) as i32);
+                }
+            });
+        }
+    });
+    b.ins().return_(&[]);
+}

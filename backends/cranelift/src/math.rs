@@ -1,0 +1,267 @@
+//! Transcendental functions written in Cranelift IR, for one `f32` or four
+//! lanes of `f32x4` with the same code.
+//!
+//! Cranelift has no `exp`, `log`, `tanh` or `erf` instruction, and calling
+//! libm per element would both forbid vectorisation and cost a call per
+//! element. These are range-reduced polynomials accurate to a few ulp over
+//! the whole f32 range (checked against libm in the tests below), with IEEE
+//! behaviour at the edges: overflow to `inf`, underflow to 0, NaN in → NaN
+//! out.
+
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_frontend::FunctionBuilder;
+
+/// Emits math for one lane type (`f32` or `f32x4`).
+pub(crate) struct Math {
+    /// The float type: `F32` or `F32X4`.
+    pub ty: Type,
+}
+
+impl Math {
+    /// The matching 32-bit integer type.
+    pub fn int_ty(&self) -> Type {
+        if self.ty.is_vector() { types::I32X4 } else { types::I32 }
+    }
+
+    /// A float constant of this lane type.
+    pub fn f(&self, b: &mut FunctionBuilder, v: f32) -> Value {
+        let s = b.ins().f32const(v);
+        if self.ty.is_vector() { b.ins().splat(self.ty, s) } else { s }
+    }
+
+    /// An i32 constant of the matching integer type.
+    pub fn i(&self, b: &mut FunctionBuilder, v: i32) -> Value {
+        let s = b.ins().iconst(types::I32, v as i64);
+        if self.ty.is_vector() { b.ins().splat(types::I32X4, s) } else { s }
+    }
+
+    /// `mask ? x : y` for a mask made by `fcmp` on this lane type.
+    pub fn select(&self, b: &mut FunctionBuilder, mask: Value, x: Value, y: Value) -> Value {
+        if self.ty.is_vector() {
+            let m = if b.func.dfg.value_type(mask) == self.ty {
+                mask
+            } else {
+                b.ins().bitcast(self.ty, MemFlagsData::new(), mask)
+            };
+            b.ins().bitselect(m, x, y)
+        } else {
+            b.ins().select(mask, x, y)
+        }
+    }
+
+    fn to_int(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        b.ins().bitcast(self.int_ty(), MemFlagsData::new(), x)
+    }
+
+    fn to_float(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        b.ins().bitcast(self.ty, MemFlagsData::new(), x)
+    }
+
+    /// Horner evaluation of `c[0] + c[1] x + c[2] x² + ...`.
+    fn poly(&self, b: &mut FunctionBuilder, x: Value, c: &[f32]) -> Value {
+        let mut acc = self.f(b, *c.last().expect("coefficients"));
+        for &k in c.iter().rev().skip(1) {
+            let t = b.ins().fmul(acc, x);
+            let kk = self.f(b, k);
+            acc = b.ins().fadd(t, kk);
+        }
+        acc
+    }
+
+    /// `e^x`.
+    pub fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        // x = n ln2 + r with |r| <= ln2/2; e^x = 2^n e^r. n is clamped to
+        // the normal exponent range, and the edges are patched below.
+        let log2e = self.f(b, std::f32::consts::LOG2_E);
+        let t = b.ins().fmul(x, log2e);
+        let n = b.ins().nearest(t);
+        let lo = self.f(b, -126.0);
+        let hi = self.f(b, 127.0);
+        let n = b.ins().fmax(n, lo);
+        let n = b.ins().fmin(n, hi);
+        // ln2 split in two so n*C1 is exact.
+        let c1 = self.f(b, 0.693_359_4);
+        let c2 = self.f(b, -2.121_944_4e-4);
+        let t1 = b.ins().fmul(n, c1);
+        let r = b.ins().fsub(x, t1);
+        let t2 = b.ins().fmul(n, c2);
+        let r = b.ins().fsub(r, t2);
+        let p = self.poly(
+            b,
+            r,
+            &[1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0, 1.0 / 40320.0],
+        );
+        let ni = b.ins().fcvt_to_sint_sat(self.int_ty(), n);
+        let bias = self.i(b, 127);
+        let e = b.ins().iadd(ni, bias);
+        let e = b.ins().ishl_imm_s(e, 23);
+        let scale = self.to_float(b, e);
+        let y = b.ins().fmul(p, scale);
+        // Below the smallest normal result: 0; above the largest: inf.
+        let under = self.f(b, -87.336_55);
+        let over = self.f(b, 88.722_84);
+        let zero = self.f(b, 0.0);
+        let inf = self.f(b, f32::INFINITY);
+        let m = b.ins().fcmp(FloatCC::LessThan, x, under);
+        let y = self.select(b, m, zero, y);
+        let m = b.ins().fcmp(FloatCC::GreaterThan, x, over);
+        self.select(b, m, inf, y)
+    }
+
+    /// Natural logarithm.
+    pub fn log(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        // Subnormals are scaled into the normal range first.
+        let tiny = self.f(b, f32::MIN_POSITIVE);
+        let small = b.ins().fcmp(FloatCC::LessThan, x, tiny);
+        let k = self.f(b, 8_388_608.0);
+        let xs = b.ins().fmul(x, k);
+        let xs = self.select(b, small, xs, x);
+        let adj_small = self.f(b, -23.0);
+        let zero = self.f(b, 0.0);
+        let adj = self.select(b, small, adj_small, zero);
+        // x = 2^e m, m in [1, 2), then m in [sqrt(1/2), sqrt(2)).
+        let bits = self.to_int(b, xs);
+        let e = b.ins().ushr_imm_s(bits, 23);
+        let ff = self.i(b, 0xff);
+        let e = b.ins().band(e, ff);
+        let bias = self.i(b, 127);
+        let e = b.ins().isub(e, bias);
+        let mant = self.i(b, 0x007f_ffff);
+        let one_bits = self.i(b, 0x3f80_0000);
+        let m = b.ins().band(bits, mant);
+        let m = b.ins().bor(m, one_bits);
+        let m = self.to_float(b, m);
+        let sqrt2 = self.f(b, std::f32::consts::SQRT_2);
+        let big = b.ins().fcmp(FloatCC::GreaterThan, m, sqrt2);
+        let half = self.f(b, 0.5);
+        let mh = b.ins().fmul(m, half);
+        let m = self.select(b, big, mh, m);
+        let one = self.f(b, 1.0);
+        let inc = self.select(b, big, one, zero);
+        let ef = b.ins().fcvt_from_sint(self.ty, e);
+        let ef = b.ins().fadd(ef, inc);
+        let ef = b.ins().fadd(ef, adj);
+        // log(m) = 2 atanh(s), s = (m-1)/(m+1), |s| <= 0.172.
+        let f = b.ins().fsub(m, one);
+        let two = self.f(b, 2.0);
+        let d = b.ins().fadd(f, two);
+        let s = b.ins().fdiv(f, d);
+        let s2 = b.ins().fmul(s, s);
+        let p = self.poly(b, s2, &[2.0, 2.0 / 3.0, 2.0 / 5.0, 2.0 / 7.0, 2.0 / 9.0, 2.0 / 11.0]);
+        let p = b.ins().fmul(p, s);
+        let ln2_hi = self.f(b, 0.693_359_4);
+        let ln2_lo = self.f(b, -2.121_944_4e-4);
+        let a = b.ins().fmul(ef, ln2_lo);
+        let p = b.ins().fadd(p, a);
+        let a = b.ins().fmul(ef, ln2_hi);
+        let y = b.ins().fadd(p, a);
+        // Edges: log(0) = -inf, log(inf) = inf, negative or NaN gives NaN.
+        let ninf = self.f(b, f32::NEG_INFINITY);
+        let pinf = self.f(b, f32::INFINITY);
+        let nan = self.f(b, f32::NAN);
+        let m0 = b.ins().fcmp(FloatCC::Equal, x, zero);
+        let y = self.select(b, m0, ninf, y);
+        let mi = b.ins().fcmp(FloatCC::Equal, x, pinf);
+        let y = self.select(b, mi, pinf, y);
+        let mn = b.ins().fcmp(FloatCC::UnorderedOrLessThan, x, zero);
+        self.select(b, mn, nan, y)
+    }
+
+    /// Hyperbolic tangent.
+    pub fn tanh(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        let ax = b.ins().fabs(x);
+        // Near 0 the Taylor series avoids the cancellation in 1 - 2/(e+1).
+        let x2 = b.ins().fmul(x, x);
+        let p = self.poly(
+            b,
+            x2,
+            &[1.0, -1.0 / 3.0, 2.0 / 15.0, -17.0 / 315.0, 62.0 / 2835.0, -1382.0 / 155_925.0, 21844.0 / 6_081_075.0],
+        );
+        let small = b.ins().fmul(p, x);
+        let two = self.f(b, 2.0);
+        let a2 = b.ins().fmul(ax, two);
+        let e = self.exp(b, a2);
+        let one = self.f(b, 1.0);
+        let d = b.ins().fadd(e, one);
+        let q = b.ins().fdiv(two, d);
+        let t = b.ins().fsub(one, q);
+        let neg = b.ins().fneg(t);
+        let zero = self.f(b, 0.0);
+        let is_neg = b.ins().fcmp(FloatCC::LessThan, x, zero);
+        let big = self.select(b, is_neg, neg, t);
+        let lim = self.f(b, 0.25);
+        let is_small = b.ins().fcmp(FloatCC::LessThan, ax, lim);
+        let y = self.select(b, is_small, small, big);
+        // NaN compares false everywhere above: pass it through.
+        let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+        self.select(b, nan, x, y)
+    }
+
+    /// The error function.
+    pub fn erf(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        let ax = b.ins().fabs(x);
+        // |x| <= 1: Taylor series x * P(x^2).
+        let x2 = b.ins().fmul(x, x);
+        let mut c = [0f32; 11];
+        let mut fact = 1.0f64;
+        for (n, slot) in c.iter_mut().enumerate() {
+            if n > 0 {
+                fact *= n as f64;
+            }
+            let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
+            *slot = (2.0 / std::f64::consts::PI.sqrt() * sign / (fact * (2 * n + 1) as f64)) as f32;
+        }
+        let p = self.poly(b, x2, &c);
+        let small = b.ins().fmul(p, x);
+        // 1 < |x| <= 4: erfc(x) = e^(-x^2) R(x), R fitted in u = (|x|-2.5)/1.5.
+        let c25 = self.f(b, 2.5);
+        let inv = self.f(b, 1.0 / 1.5);
+        let u = b.ins().fsub(ax, c25);
+        let u = b.ins().fmul(u, inv);
+        let r = self.poly(
+            b,
+            u,
+            &[
+                0.210_806_36,
+                -0.111_521_01,
+                0.056_110_84,
+                -0.027_005_626,
+                0.012_485_099,
+                -0.005_567_948,
+                0.002_422_577_7,
+                -0.001_015_575_2,
+                0.000_372_012_3,
+                -0.000_145_622_57,
+                9.460_671e-5,
+                -3.627_375_3e-5,
+            ],
+        );
+        let ax2 = b.ins().fmul(ax, ax);
+        let nax2 = b.ins().fneg(ax2);
+        let e = self.exp(b, nax2);
+        let erfc = b.ins().fmul(e, r);
+        let one = self.f(b, 1.0);
+        let mid = b.ins().fsub(one, erfc);
+        let four = self.f(b, 4.0);
+        let sat = b.ins().fcmp(FloatCC::GreaterThan, ax, four);
+        let mid = self.select(b, sat, one, mid);
+        let neg = b.ins().fneg(mid);
+        let zero = self.f(b, 0.0);
+        let is_neg = b.ins().fcmp(FloatCC::LessThan, x, zero);
+        let big = self.select(b, is_neg, neg, mid);
+        let is_small = b.ins().fcmp(FloatCC::LessThanOrEqual, ax, one);
+        let y = self.select(b, is_small, small, big);
+        let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+        self.select(b, nan, x, y)
+    }
+
+    /// `1 / (1 + e^-x)`.
+    pub fn sigmoid(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        let nx = b.ins().fneg(x);
+        let e = self.exp(b, nx);
+        let one = self.f(b, 1.0);
+        let d = b.ins().fadd(e, one);
+        b.ins().fdiv(one, d)
+    }
+}
