@@ -24,3 +24,4 @@ pub use error::Error;
 pub use sharc_interp as interp;
 pub use sharc_ir as ir;
 pub use sharc_onnx as onnx;
+pub use sharc_passes as passes;

@@ -5,6 +5,8 @@
 //! syntax, the standard passes, equality-saturation rewriting and the
 //! parameter-sharing passes.
 
+pub mod analysis;
 mod pass;
+pub mod sharing;
 
 pub use pass::{Pass, PassContext, PassError, PassOutcome};

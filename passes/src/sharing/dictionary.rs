@@ -1,0 +1,3 @@
+//! `dictionary`: MASA's matrix dictionary learning, without training.
+
+pub mod math;
