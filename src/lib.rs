@@ -5,9 +5,10 @@
 //! models), and run or export the result.
 //!
 //! This crate is the facade: it re-exports the IR ([`ir`]), the ONNX frontend
-//! ([`onnx`]) and the reference interpreter ([`interp`]), adds model loading
-//! and saving by file extension ([`model`]) and safetensors data files
-//! ([`data`]), and hosts the `sharc` command-line tool.
+//! ([`onnx`]), the reference interpreter ([`interp`]) and the passes
+//! ([`passes`]), adds model loading and saving by file extension ([`model`]),
+//! safetensors data files ([`data`]) and snapshot-test helpers for passes
+//! ([`testing`]), and hosts the `sharc` command-line tool.
 //!
 //! ```no_run
 //! let g = sharc::model::load(std::path::Path::new("model.onnx"))?;
@@ -19,6 +20,7 @@ pub mod data;
 mod error;
 pub mod io;
 pub mod model;
+pub mod testing;
 
 pub use error::Error;
 pub use sharc_interp as interp;

@@ -37,8 +37,14 @@ impl fmt::Display for Status {
 /// Tolerances for cases whose reference outputs were computed at a precision
 /// sharc's interpreter legitimately differs from (documented per case).
 fn tolerance(case: &str) -> (f64, f64) {
+    // The inverse DFT's reference was computed in f32: a bin that is exactly 0
+    // comes out as f32 round-off of the signal's magnitude (~54 * 2^-24 ≈ 3e-6),
+    // while sharc accumulates in f64 and gets ~1e-15. The absolute tolerance
+    // must cover the reference's own rounding, not sharc's.
+    if case.starts_with("test_dft_inverse") {
+        return (1e-3, 1e-5);
+    }
     // Defaults from onnx.backend.test.runner.
-    let _ = case;
     (1e-3, 1e-7)
 }
 

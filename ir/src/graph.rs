@@ -276,6 +276,13 @@ impl Graph {
         }
     }
 
+    /// True when a value of this graph has this name (or it was reserved),
+    /// so a new value must not take it. Constant time, unlike
+    /// [`Graph::value_by_name`].
+    pub fn name_is_taken(&self, name: &str) -> bool {
+        self.used_names.contains(name)
+    }
+
     /// Records a name as taken (after renaming a value through `node_mut`).
     pub fn reserve_name(&mut self, name: &str) {
         self.used_names.insert(name.to_string());

@@ -2,6 +2,7 @@
 
 mod inspect;
 mod opt;
+mod passes;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -21,8 +22,10 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a model on inputs from a safetensors file.
     Run(run::Args),
-    /// Convert (and later optimise) a model: .onnx or .sharc in, .onnx or .sharc out.
+    /// Run a pass pipeline on a model: .onnx or .sharc in, .onnx or .sharc out.
     Opt(opt::Args),
+    /// List the passes, their options and defaults.
+    Passes(passes::Args),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message on
@@ -33,6 +36,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Opt(a) => opt::run(a),
+        Command::Passes(a) => passes::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
