@@ -76,31 +76,19 @@ pub enum Merge {
     Drop,
 }
 
-/// Options of `expert-reuse`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ExpertReuseOptions {
-    /// Number of adjacent MoE layers that share one pool of experts.
-    pub window: usize,
-    /// How experts are compared.
-    pub similarity: Similarity,
-    /// How each group is merged.
-    pub merge: Merge,
-    /// Pooled experts per window (default: one layer's expert count, which
-    /// divides the experts by `window`).
-    pub experts: Option<usize>,
-    /// Rows per layer sampled for `similarity=output`.
-    pub output_rows: usize,
-}
-
-impl Default for ExpertReuseOptions {
-    fn default() -> Self {
-        ExpertReuseOptions {
-            window: 2,
-            similarity: Similarity::Router,
-            merge: Merge::Frequency,
-            experts: None,
-            output_rows: 256,
-        }
+crate::pass_options! {
+    /// Options of `expert-reuse`.
+    pub struct ExpertReuseOptions {
+        /// Number of adjacent MoE layers that share one pool of experts.
+        window: usize = 2,
+        /// How experts are compared: router (logit columns), weights or output.
+        similarity: Similarity = Similarity::Router,
+        /// How a group merges: frequency (usage-weighted), representative, or drop (baseline).
+        merge: Merge = Merge::Frequency,
+        /// Pooled experts per window (default: one layer's expert count).
+        experts: Option<usize> = None,
+        /// Rows per layer sampled for similarity=output.
+        output_rows: usize = 256,
     }
 }
 
@@ -235,6 +223,16 @@ impl ExpertReuseReport {
             self.logit_kl, self.top1, self.output_error
         );
         s
+    }
+}
+
+impl crate::RegisteredPass for ExpertReuse {
+    type Options = ExpertReuseOptions;
+    const NAME: &'static str = NAME;
+    const SUMMARY: &'static str =
+        "Share merged MoE experts across adjacent layers and rebind routers to the pool (ReXMoE, post-training)";
+    fn new(options: ExpertReuseOptions) -> ExpertReuse {
+        ExpertReuse { options, report: None }
     }
 }
 

@@ -295,3 +295,15 @@ fn snapshot_of_a_one_layer_rebinding() {
     apply(&mut g, o, &batches).unwrap();
     insta::assert_snapshot!(sharc_ir::print(&g));
 }
+
+#[test]
+fn builds_from_pipeline_text() {
+    let mut r = crate::Registry::with_standard_passes();
+    r.register::<ExpertReuse>();
+    let passes = r.build_str("expert-reuse{window=4,similarity=output,merge=drop,experts=6},dce").unwrap();
+    assert_eq!(passes[0].name(), "expert-reuse");
+    let e = r.build_str("expert-reuse{similarity=cosine}").unwrap_err().to_string();
+    assert!(e.contains("similarity"), "{e}");
+    let docs = r.describe();
+    assert!(docs.contains("expert-reuse") && docs.contains("output-rows"), "{docs}");
+}
