@@ -15,6 +15,11 @@
 //! - [`standard`]: `infer-shapes`, `canonicalize`, `cse`, `fold-constants`
 //!   and `dce`.
 //! - [`testing`]: snapshot-test helpers (`run_pipeline(src, "cse")`).
+//! - [`analysis`]: repeated-block detection, calibration runs and the
+//!   similarity measures the sharing passes build on.
+//! - [`sharing`]: the parameter-sharing passes (`tie-layers`,
+//!   `fold-blocks`, `crash`), their compression reports and the methods
+//!   `sharc compress` runs.
 //!
 //! # Writing a pass
 //!

@@ -78,5 +78,16 @@ pub fn report(g: &Graph, top: usize) -> String {
     if n < ops.len() {
         let _ = writeln!(s, "  ... {} more kinds", ops.len() - n);
     }
+    let _ = writeln!(s, "blocks");
+    match sharc_passes::analysis::blocks::find_blocks(g) {
+        Ok(an) => {
+            for line in an.summary(g).lines() {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "  none: {e}");
+        }
+    }
     s
 }

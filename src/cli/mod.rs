@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand.
 
+mod compress;
 mod inspect;
 mod opt;
 mod passes;
@@ -24,6 +25,8 @@ enum Command {
     Run(run::Args),
     /// Run a pass pipeline on a model: .onnx or .sharc in, .onnx or .sharc out.
     Opt(opt::Args),
+    /// Compress a model with a parameter-sharing method and report what it saved and cost.
+    Compress(compress::Args),
     /// List the passes, their options and defaults.
     Passes(passes::Args),
 }
@@ -36,6 +39,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Opt(a) => opt::run(a),
+        Command::Compress(a) => compress::run(a),
         Command::Passes(a) => passes::run(a),
     };
     match result {

@@ -57,7 +57,8 @@ impl std::fmt::Write for Stderr {
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
-    let registry = Registry::with_standard_passes();
+    let mut registry = Registry::with_standard_passes();
+    sharc::passes::sharing::register_sharing(&mut registry);
     // Check the pipeline before loading a large model.
     let mut pm = PassManager::from_pipeline(&registry, &a.pipeline)
         .map_err(|e| Error::Usage(format!("invalid pipeline (-p): {}", e.to_string().trim_start_matches("error: "))))?;

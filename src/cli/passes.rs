@@ -8,7 +8,8 @@ use sharc::passes::Registry;
 pub struct Args {}
 
 pub fn run(_: Args) -> Result<(), Error> {
-    let registry = Registry::with_standard_passes();
+    let mut registry = Registry::with_standard_passes();
+    sharc::passes::sharing::register_sharing(&mut registry);
     println!("Passes (use them in `sharc opt -p \"a,b{{option=value}}\"`):\n");
     print!("{}", registry.describe());
     Ok(())

@@ -1,4 +1,9 @@
-//! Analyses that passes share: structure found in the graph (MoE layers)
-//! and measurements taken by running it.
+//! Analyses that sharing passes build on: the repeated blocks of a model
+//! ([`blocks`]), activations recorded on calibration data ([`calibration`])
+//! and the similarity measures used to compare them ([`similarity`]).
 
+pub mod blocks;
+pub mod calibration;
+pub mod influence;
 pub mod moe;
+pub mod similarity;

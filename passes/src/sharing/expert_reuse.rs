@@ -50,7 +50,8 @@ use sharc_ir::{
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
-const NAME: &str = "expert-reuse";
+/// The pass name.
+pub const NAME: &str = "expert-reuse";
 
 /// How experts are compared when grouping them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -849,4 +850,37 @@ fn measure_report(
     report.logit_kl = logits.mean_kl();
     report.top1 = logits.top1();
     Ok(())
+}
+
+/// `expert-reuse` as a `sharc compress` method.
+pub struct ExpertReuseMethod {
+    /// The pass options.
+    pub options: ExpertReuseOptions,
+}
+
+impl super::Method for ExpertReuseMethod {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+
+    fn apply(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<super::MethodOutcome, PassError> {
+        // The residual stream between blocks keeps its values; only the MoE
+        // dispatch inside each block is rebuilt.
+        let names: Vec<String> = crate::analysis::blocks::find_blocks(g)
+            .map(|b| b.blocks.iter().map(|bl| g.value_info(bl.output).name.clone()).collect())
+            .unwrap_or_default();
+        let mut pass = ExpertReuse::new(self.options.clone());
+        pass.run(g, cx)?;
+        let report = pass.report.unwrap_or_default();
+        let labels = (0..names.len()).map(|i| format!("block {i}")).collect();
+        Ok(super::MethodOutcome {
+            summary: report.to_text(),
+            details: serde_json::to_value(&report).unwrap_or(serde_json::Value::Null),
+            points: super::report::StreamPoints::same_names(labels, names),
+        })
+    }
 }

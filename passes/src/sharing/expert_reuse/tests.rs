@@ -302,7 +302,8 @@ fn builds_from_pipeline_text() {
     r.register::<ExpertReuse>();
     let passes = r.build_str("expert-reuse{window=4,similarity=output,merge=drop,experts=6},dce").unwrap();
     assert_eq!(passes[0].name(), "expert-reuse");
-    let e = r.build_str("expert-reuse{similarity=cosine}").unwrap_err().to_string();
+    let Err(e) = r.build_str("expert-reuse{similarity=cosine}") else { panic!("a bad similarity was accepted") };
+    let e = e.to_string();
     assert!(e.contains("similarity"), "{e}");
     let docs = r.describe();
     assert!(docs.contains("expert-reuse") && docs.contains("output-rows"), "{docs}");

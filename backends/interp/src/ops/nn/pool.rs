@@ -30,6 +30,21 @@ struct Window<'a> {
     strides: &'a Option<Vec<i64>>,
 }
 
+/// The `Window` of any pool op's attribute struct: the three windowed pools
+/// spell these six attributes identically but are distinct types.
+macro_rules! window_of {
+    ($a:expr) => {
+        Window {
+            auto_pad: $a.auto_pad,
+            ceil_mode: $a.ceil_mode,
+            dilations: &$a.dilations,
+            kernel_shape: &$a.kernel_shape,
+            pads: &$a.pads,
+            strides: &$a.strides,
+        }
+    };
+}
+
 /// The output shape and padding per the ONNX pooling definition: explicit
 /// pads use floor (or ceil, dropping a last window that would start in the
 /// end padding); `SAME_*` gives `ceil(in / stride)`; `VALID` has its own
@@ -197,14 +212,7 @@ fn pool_windows(x: &Tensor, w: &Window, kind: Kind) -> Outputs {
 /// `AveragePool`.
 pub(crate) fn average_pool(a: &AveragePool, inputs: &[Option<Value>]) -> Outputs {
     let x = pooled_input(inputs, "AveragePool", false)?;
-    let w = Window {
-        auto_pad: a.auto_pad,
-        ceil_mode: a.ceil_mode,
-        dilations: &a.dilations,
-        kernel_shape: &a.kernel_shape,
-        pads: &a.pads,
-        strides: &a.strides,
-    };
+    let w = window_of!(a);
     pool_windows(x, &w, Kind::Average { count_include_pad: a.count_include_pad })
 }
 
@@ -214,14 +222,7 @@ pub(crate) fn lp_pool(a: &LpPool, inputs: &[Option<Value>]) -> Outputs {
     if a.p < 1 {
         return Err(EvalError::new(format!("LpPool p = {} must be at least 1", a.p)));
     }
-    let w = Window {
-        auto_pad: a.auto_pad,
-        ceil_mode: a.ceil_mode,
-        dilations: &a.dilations,
-        kernel_shape: &a.kernel_shape,
-        pads: &a.pads,
-        strides: &a.strides,
-    };
+    let w = window_of!(a);
     pool_windows(x, &w, Kind::Lp(a.p as f64))
 }
 
@@ -234,14 +235,7 @@ pub(crate) fn max_pool(a: &MaxPool, inputs: &[Option<Value>], cx: &OpContext) ->
     if !matches!(a.storage_order, 0 | 1) {
         return Err(EvalError::new(format!("storage_order = {} must be 0 or 1", a.storage_order)));
     }
-    let w = Window {
-        auto_pad: a.auto_pad,
-        ceil_mode: a.ceil_mode,
-        dilations: &a.dilations,
-        kernel_shape: &a.kernel_shape,
-        pads: &a.pads,
-        strides: &a.strides,
-    };
+    let w = window_of!(a);
     let sp = &x.shape()[2..];
     let g = geometry(&w, sp)?;
     let taps = taps(sp, &g);
