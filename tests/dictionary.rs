@@ -100,7 +100,7 @@ fn dictionary_exports_smaller_onnx_that_onnxruntime_runs() {
     let (a, b) = (std::fs::metadata(&model).unwrap().len(), std::fs::metadata(&path).unwrap().len());
     eprintln!("gpt-tiny.onnx {a} B -> {b} B");
     let saved = (r.params_before - r.params_after) * 4;
-    assert!(b + saved * 9 / 10 < a, "the file did not shrink by the parameters removed: {a} -> {b}");
+    assert!(b + saved * 8 / 10 < a, "the file did not shrink by the parameters removed: {a} -> {b}");
 
     let x = inputs(&g, &d, 8, 2);
     let ours = Interpreter::new().evaluate(&g, &x).unwrap();
