@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     /// The model (.onnx or .sharc).
     model: PathBuf,
-    /// The method: tie, fold or crash.
+    /// The method: tie, fold, crash, dictionary or expert-reuse.
     #[arg(long, default_value = "tie")]
     method: String,
     /// Start from a named setting of the method: light, medium or strong.

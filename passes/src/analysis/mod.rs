@@ -5,4 +5,5 @@
 pub mod blocks;
 pub mod calibration;
 pub mod influence;
+pub mod moe;
 pub mod similarity;

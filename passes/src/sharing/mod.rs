@@ -17,6 +17,8 @@
 //! there.
 
 pub mod crash;
+pub mod dictionary;
+pub mod expert_reuse;
 pub mod fold_blocks;
 pub mod report;
 pub mod rewire;
@@ -65,6 +67,8 @@ pub const METHODS: &[(&str, &str)] = &[
     ("tie", "Relaxed Recursive Transformers: tie L blocks into K shared ones, with per-depth LoRA of rank r"),
     ("fold", "FoldGPT: drop the blocks of least influence, share weights in groups of retained blocks, refit norms"),
     ("crash", "CRaSh: cluster layers by CKA, keep one per cluster, share it with its neighbours or remove them"),
+    ("dictionary", "MASA: per group and role, shared atoms and per-layer coefficients from matrix PCA"),
+    ("expert-reuse", "ReXMoE-style: merge experts of adjacent MoE layers into a shared pool and rebind the routers"),
 ];
 
 /// Named starting points for `sharc compress --preset`: (method, preset,
@@ -81,6 +85,12 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
     ("crash", "light", "clusters=4 mode=share pooling=mean-weighted"),
     ("crash", "medium", "clusters=3 mode=share pooling=mean-weighted"),
     ("crash", "strong", "clusters=2 mode=share pooling=mean-weighted"),
+    ("dictionary", "light", "roles=q+k+v atoms=0.67 residual-rank=16"),
+    ("dictionary", "medium", "roles=q+k+v atoms=0.5"),
+    ("dictionary", "strong", "roles=q+k+v+o atoms=0.34"),
+    ("expert-reuse", "light", "window=2 experts=12"),
+    ("expert-reuse", "medium", "window=2 experts=8"),
+    ("expert-reuse", "strong", "window=4 experts=8"),
 ];
 
 /// The settings of a preset of a method. Fails listing the presets the
@@ -117,6 +127,12 @@ pub fn method(name: &str, settings: &BTreeMap<String, String>) -> Result<Box<dyn
             Ok(Box::new(FoldMethod { options: fold_blocks::FoldBlocksOptions::from_settings(settings)? }))
         }
         "crash" => Ok(Box::new(CrashMethod { options: crash::CrashOptions::from_settings(settings)? })),
+        "dictionary" => Ok(Box::new(dictionary::DictionaryMethod {
+            options: dictionary::DictionaryOptions::from_settings(settings)?,
+        })),
+        "expert-reuse" => Ok(Box::new(expert_reuse::ExpertReuseMethod {
+            options: expert_reuse::ExpertReuseOptions::from_settings(settings)?,
+        })),
         other => Err(format!(
             "unknown method '{other}'; known methods: {}",
             METHODS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
@@ -230,7 +246,8 @@ impl Method for CrashMethod {
 }
 
 /// The names of the sharing passes [`register_sharing`] registers.
-pub const SHARING_PASSES: &[&str] = &[tie_layers::NAME, fold_blocks::NAME, crash::NAME];
+pub const SHARING_PASSES: &[&str] =
+    &[tie_layers::NAME, fold_blocks::NAME, crash::NAME, dictionary::NAME, expert_reuse::NAME];
 
 /// Registers the sharing passes (`tie-layers`, `fold-blocks`, `crash`) so
 /// pipelines can name them: `sharc opt -p "tie-layers{blocks=3,rank=32},dce"`.
@@ -241,6 +258,8 @@ pub fn register_sharing(registry: &mut Registry) {
     registry.register::<tie_layers::TieLayers>();
     registry.register::<fold_blocks::FoldBlocks>();
     registry.register::<crash::Crash>();
+    registry.register::<dictionary::Dictionary>();
+    registry.register::<expert_reuse::ExpertReuse>();
 }
 
 /// Sets one option from a pipeline value through serde, as
