@@ -23,4 +23,5 @@ pub mod model;
 pub use error::Error;
 pub use sharc_interp as interp;
 pub use sharc_ir as ir;
+pub use sharc_mlir as mlir;
 pub use sharc_onnx as onnx;

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand.
 
 mod inspect;
+mod mlir;
 mod opt;
 mod run;
 
@@ -23,6 +24,8 @@ enum Command {
     Run(run::Args),
     /// Convert (and later optimise) a model: .onnx or .sharc in, .onnx or .sharc out.
     Opt(opt::Args),
+    /// Compile a model to native code (MLIR backend: `--emit mlir` prints each stage).
+    Compile(mlir::Args),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message on
@@ -33,6 +36,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Opt(a) => opt::run(a),
+        Command::Compile(a) => mlir::compile(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f64,
     /// Which backend runs the model.
-    #[arg(long, default_value = "interp", value_parser = ["interp"])]
+    #[arg(long, default_value = "interp", value_parser = ["interp", "mlir"])]
     backend: String,
 }
 
@@ -41,7 +41,10 @@ pub fn run(a: Args) -> Result<(), Error> {
         Some(p) => inputs_from_file(&g, p)?,
         None => generated_inputs(&g, &parse_shape(&a.shape)?, a.fill == "ones")?,
     };
-    let evaluator = sharc::interp::Interpreter::new();
+    let evaluator: Box<dyn Evaluator> = match a.backend.as_str() {
+        "mlir" => super::mlir::evaluator()?,
+        _ => Box::new(sharc::interp::Interpreter::new()),
+    };
     let start = std::time::Instant::now();
     let outputs = evaluator.evaluate(&g, &inputs).map_err(|e| Error::Eval { model: a.model.clone(), source: e })?;
     let elapsed = start.elapsed();
