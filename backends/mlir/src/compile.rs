@@ -136,6 +136,59 @@ pub fn count_kernels(fused_text: &str) -> usize {
         .count()
 }
 
+/// `{rank, descriptor}`: how MLIR passes a memref of any rank to C.
+#[repr(C)]
+struct UnrankedMemRef {
+    rank: i64,
+    descriptor: *const i64,
+}
+
+/// The runtime function MLIR's `memref.copy` lowers to when the layouts are
+/// not both contiguous: copies `src` to `dst` element by element following
+/// their strides (descriptor layout `{alloc, aligned, offset, sizes, strides}`).
+/// Implemented here so the JIT needs no MLIR runtime library.
+unsafe extern "C" fn memref_copy(elem_size: i64, src: *const UnrankedMemRef, dst: *const UnrankedMemRef) {
+    // SAFETY: MLIR passes valid descriptors of equal rank and sizes.
+    unsafe {
+        let (s, d) = (&*src, &*dst);
+        let rank = s.rank as usize;
+        let sd = std::slice::from_raw_parts(s.descriptor, 3 + 2 * rank);
+        let dd = std::slice::from_raw_parts(d.descriptor, 3 + 2 * rank);
+        let es = elem_size as usize;
+        let sbase = (sd[1] as *const u8).add(sd[2] as usize * es);
+        let dbase = (dd[1] as *mut u8).add(dd[2] as usize * es);
+        let sizes = &sd[3..3 + rank];
+        if sizes.iter().any(|&n| n == 0) {
+            return;
+        }
+        let mut idx = vec![0i64; rank];
+        loop {
+            let (mut so, mut dof) = (0i64, 0i64);
+            for k in 0..rank {
+                so += idx[k] * sd[3 + rank + k];
+                dof += idx[k] * dd[3 + rank + k];
+            }
+            std::ptr::copy_nonoverlapping(
+                sbase.offset(so as isize * es as isize),
+                dbase.offset(dof as isize * es as isize),
+                es,
+            );
+            let mut k = rank;
+            loop {
+                if k == 0 {
+                    return;
+                }
+                k -= 1;
+                idx[k] += 1;
+                if idx[k] < sizes[k] {
+                    break;
+                }
+                idx[k] = 0;
+            }
+        }
+    }
+}
+
 /// A buffer aligned for any element type.
 struct Buf {
     words: Vec<u64>,
@@ -206,6 +259,9 @@ impl CpuExecutable {
             }
         }
         let engine = ExecutionEngine::new(&module, opt_level, &[], false, false);
+        // SAFETY: `memref_copy` has the C signature MLIR's lowering of
+        // `memref.copy` calls (`memrefCopy` of libmlir_c_runner_utils).
+        unsafe { engine.register_symbol("memrefCopy", memref_copy as *mut ()) };
         if engine.lookup(&format!("_mlir_ciface_{ENTRY}")).is_null() {
             return Err(MlirError::Mlir {
                 stage: "JIT compilation".into(),

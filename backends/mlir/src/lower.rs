@@ -1142,16 +1142,19 @@ impl<'a> Emitter<'a> {
                 for p in 0..node.outputs.len() {
                     let v = ValueRef::new(id, p as u32);
                     let (_, s) = self.shape_of(v)?;
-                    let exprs: Vec<String> = (0..shape.len())
-                        .map(|i| if i == axis { format!("d{i} + {offset}") } else { format!("d{i}") })
-                        .collect();
-                    let ins = [In { ssa: ssa.clone(), dtype: dt, shape: shape.clone(), exprs }];
-                    let rk = s.len();
-                    let out = self
-                        .generic(&ins, dt, &s, &identity_exprs(rk), &vec![true; rk], Init::Empty, |_, a, _| {
-                            Ok(a[0].clone())
-                        })
-                        .map_err(wrap)?;
+                    let offs: Vec<String> =
+                        (0..shape.len()).map(|i| if i == axis { offset.to_string() } else { "0".into() }).collect();
+                    let sizes: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+                    let ones = vec!["1"; shape.len()];
+                    let out = self.fresh();
+                    self.push(format!(
+                        "{out} = tensor.extract_slice {ssa}[{}] [{}] [{}] : {} to {}",
+                        offs.join(", "),
+                        sizes.join(", "),
+                        ones.join(", "),
+                        tensor_ty(dt, &shape),
+                        tensor_ty(dt, &s)
+                    ));
                     offset += s.get(axis).copied().unwrap_or(0);
                     self.vals.insert(v, out);
                 }
@@ -1443,6 +1446,51 @@ impl<'a> Emitter<'a> {
             start[a] = b;
             step[a] = s;
         }
+        let ssa = self.val(x).map_err(|e| e.to_string())?;
+        if step.iter().all(|&s| s > 0) {
+            // linalg infers loop bounds from operands read through plain
+            // dims, so a strided window is cut with `extract_slice` rather
+            // than read through an offset map.
+            let list = |v: Vec<String>| v.join(", ");
+            let s = self.fresh();
+            self.push(format!(
+                "{s} = tensor.extract_slice {ssa}[{}] [{}] [{}] : {} to {}",
+                list(start.iter().map(|v| v.to_string()).collect()),
+                list(oshape.iter().map(|v| v.to_string()).collect()),
+                list(step.iter().map(|v| v.to_string()).collect()),
+                tensor_ty(dt, &shape),
+                tensor_ty(odt, oshape)
+            ));
+            return Ok(s);
+        }
+        // Negative steps: an affine read `start + d * step`, which is never a
+        // plain dim on the reversed axes. Plain dims elsewhere have the
+        // output's size, which the branch above ensures.
+        if (0..r).any(|i| step[i] == 1 && (start[i] != 0 || shape[i] != oshape[i])) {
+            let s = self.fresh();
+            let list = |v: Vec<String>| v.join(", ");
+            let mid: Vec<u64> = (0..r).map(|i| if step[i] == 1 { oshape[i] } else { shape[i] }).collect();
+            self.push(format!(
+                "{s} = tensor.extract_slice {ssa}[{}] [{}] [{}] : {} to {}",
+                list((0..r).map(|i| if step[i] == 1 { start[i].to_string() } else { "0".into() }).collect()),
+                list(mid.iter().map(|v| v.to_string()).collect()),
+                list(vec!["1".to_string(); r]),
+                tensor_ty(dt, &shape),
+                tensor_ty(dt, &mid)
+            ));
+            for i in 0..r {
+                if step[i] == 1 {
+                    start[i] = 0;
+                }
+            }
+            let exprs: Vec<String> = (0..r)
+                .map(|i| if step[i] == 1 { format!("d{i}") } else { format!("d{i} * {} + {}", step[i], start[i]) })
+                .collect();
+            let ins = [In { ssa: s, dtype: dt, shape: mid, exprs }];
+            return self.generic(&ins, odt, oshape, &identity_exprs(r), &vec![true; r], Init::Empty, |_, a, _| {
+                Ok(a[0].clone())
+            });
+        }
         let exprs: Vec<String> = (0..r)
             .map(|i| match (start[i], step[i]) {
                 (0, 1) => format!("d{i}"),
@@ -1450,7 +1498,6 @@ impl<'a> Emitter<'a> {
                 (b, s) => format!("d{i} * {s} + {b}"),
             })
             .collect();
-        let ssa = self.val(x).map_err(|e| e.to_string())?;
         let ins = [In { ssa, dtype: dt, shape, exprs }];
         self.generic(&ins, odt, oshape, &identity_exprs(r), &vec![true; r], Init::Empty, |_, a, _| Ok(a[0].clone()))
     }
@@ -1614,7 +1661,11 @@ impl<'a> Emitter<'a> {
             let mean = b.f2("arith.divf", &a[1], &n, dt);
             let var = b.f2("arith.divf", &a[2], &n, dt);
             let ve = b.f2("arith.addf", &var, &e, dt);
-            let rs = b.f1("math.rsqrt", &ve, dt);
+            // math.rsqrt would become a call to a libm `rsqrtf` that does
+            // not exist; 1/sqrt is exact to the same rounding here.
+            let sq = b.f1("math.sqrt", &ve, dt);
+            let one = b.fconst(1.0, dt);
+            let rs = b.f2("arith.divf", &one, &sq, dt);
             let d = b.f2("arith.subf", &a[0], &mean, dt);
             let y = b.f2("arith.mulf", &d, &rs, dt);
             let y = b.f2("arith.mulf", &y, &a[3], dt);
