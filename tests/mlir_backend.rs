@@ -302,9 +302,27 @@ fn mlp_block_fuses_and_matches_interpreter() {
     assert!(exe.kernels <= 7, "{} kernels", exe.kernels);
 }
 
+/// Matmul + bias + ReLU: arithmetic only, so its PTX needs no libdevice.
+const RELU_MLP: &str = r#"graph @relu_mlp(%x: f32[batch, 64]) -> (%y) {
+  %w = weight @w : f32[64, 128]
+  %b = weight @b : f32[128]
+  %h = MatMul(%x, %w) : f32[batch, 128]
+  %hb = Add(%h, %b) : f32[batch, 128]
+  %y = Relu(%hb) : f32[batch, 128]
+}
+"#;
+
+#[test]
+fn gpu_math_without_libdevice_is_a_clear_error() {
+    let g = mlp_graph();
+    let lowered = sharc::mlir::lower_graph(&g, &sharc::mlir::parse_dims(&["batch=8"]).unwrap()).unwrap();
+    let err = sharc::mlir::compile::gpu_compile(&lowered, "sm_90").err().expect("tanh-GELU needs exp").to_string();
+    assert!(err.contains("__nv_") && err.contains("libdevice"), "{err}");
+}
+
 #[test]
 fn gpu_kernels_for_sm80_and_sm90() {
-    let g = mlp_graph();
+    let g = sharc::ir::parse(RELU_MLP).unwrap();
     let dims = sharc::mlir::parse_dims(&["batch=8"]).unwrap();
     let lowered = sharc::mlir::lower_graph(&g, &dims).unwrap();
     for chip in ["sm_80", "sm_90"] {
