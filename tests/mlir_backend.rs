@@ -316,7 +316,7 @@ const RELU_MLP: &str = r#"graph @relu_mlp(%x: f32[batch, 64]) -> (%y) {
 fn gpu_math_without_libdevice_is_a_clear_error() {
     let g = mlp_graph();
     let lowered = sharc::mlir::lower_graph(&g, &sharc::mlir::parse_dims(&["batch=8"]).unwrap()).unwrap();
-    let err = sharc::mlir::compile::gpu_compile(&lowered, "sm_90").err().expect("tanh-GELU needs exp").to_string();
+    let err = sharc::mlir::compile::gpu_compile(&lowered, "sm_90").expect_err("tanh-GELU needs exp").to_string();
     assert!(err.contains("__nv_") && err.contains("libdevice"), "{err}");
 }
 

@@ -158,7 +158,7 @@ unsafe extern "C" fn memref_copy(elem_size: i64, src: *const UnrankedMemRef, dst
         let sbase = (sd[1] as *const u8).add(sd[2] as usize * es);
         let dbase = (dd[1] as *mut u8).add(dd[2] as usize * es);
         let sizes = &sd[3..3 + rank];
-        if sizes.iter().any(|&n| n == 0) {
+        if sizes.contains(&0) {
             return;
         }
         let mut idx = vec![0i64; rank];

@@ -1539,6 +1539,7 @@ impl<'a> Emitter<'a> {
 
     /// A reduction of `x` over the dims in `red` into a tensor with those
     /// dims dropped; `f(b, acc, x)` combines.
+    #[allow(clippy::too_many_arguments)]
     fn reduce_dims(
         &mut self,
         x_ssa: &str,
@@ -1905,7 +1906,7 @@ mod tests {
         let x = g.add_input("x", Type::tensor(DType::F32, vec![Dim::Fixed(4)]));
         let y = g.add_op(Op::NonZero, &[x], Type::Unknown);
         g.add_output("y", y);
-        let err = lowered(&g, "").err().expect("NonZero has a data-dependent shape").to_string();
+        let err = lowered(&g, "").expect_err("NonZero has a data-dependent shape").to_string();
         assert!(err.contains("data-dependent") || err.contains("NonZero"), "{err}");
     }
 

@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn missing_dim_is_named() {
-        let err = specialise(&tiny(), &BTreeMap::new()).err().expect("batch has no value");
+        let Err(err) = specialise(&tiny(), &BTreeMap::new()) else { panic!("batch has no value") };
         let msg = err.to_string();
         assert!(msg.contains("'batch'") && msg.contains("input 'x'") && msg.contains("--shape batch=N"), "{msg}");
     }
