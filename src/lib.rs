@@ -25,5 +25,6 @@ pub mod testing;
 pub use error::Error;
 pub use sharc_interp as interp;
 pub use sharc_ir as ir;
+pub use sharc_mlir as mlir;
 pub use sharc_onnx as onnx;
 pub use sharc_passes as passes;

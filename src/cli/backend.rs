@@ -19,6 +19,9 @@ pub enum Backend {
     /// Code compiled with Cranelift for the input shapes: fused kernels,
     /// fast GEMM, a planned arena.
     Cranelift,
+    /// Code lowered through MLIR (linalg) and LLVM, run by MLIR's
+    /// ExecutionEngine; needs a build with `--features mlir`.
+    Mlir,
 }
 
 /// Settings that compiled backends honour; the interpreter ignores them.
@@ -53,6 +56,8 @@ pub enum Prepared<'g> {
     Interp { graph: &'g Graph, interp: sharc::interp::Interpreter },
     /// A compiled plan.
     Cranelift(Arc<sharc_cranelift::Compiled>),
+    /// Any other backend behind the `Evaluator` trait (MLIR).
+    Evaluator { graph: &'g Graph, ev: Box<dyn sharc::ir::Evaluator> },
 }
 
 fn tensors_of(inputs: &[Value], backend: &str) -> Result<Vec<Tensor>, EvalError> {
@@ -76,6 +81,7 @@ impl Backend {
         match self {
             Backend::Interp => "interp",
             Backend::Cranelift => "cranelift",
+            Backend::Mlir => "mlir",
         }
     }
 
@@ -100,6 +106,10 @@ impl Backend {
                 let compiled = ev.prepare(graph, &tensors_of(inputs, self.name())?)?;
                 Ok(Prepared::Cranelift(compiled))
             }
+            Backend::Mlir => {
+                let ev = super::mlir::evaluator().map_err(|e| EvalError::new(e.to_string()))?;
+                Ok(Prepared::Evaluator { graph, ev })
+            }
         }
     }
 
@@ -116,6 +126,11 @@ impl Backend {
             Backend::Interp => {
                 Err(Error::Usage("the interpreter produces no native code; use --backend cranelift".into()))
             }
+            Backend::Mlir => Err(Error::Usage(
+                "the MLIR backend writes MLIR or PTX, not object files: use `sharc compile --backend mlir \
+                 [--target cuda] -o model.mlir|model.ptx`"
+                    .into(),
+            )),
             Backend::Cranelift => {
                 let opts = sharc_cranelift::CompileOptions { dims: dims.clone(), ..Default::default() };
                 sharc_cranelift::aot::compile_object(graph, &opts, prefix)
@@ -130,6 +145,7 @@ impl Prepared<'_> {
     pub fn run(&self, inputs: &[Value]) -> Result<Vec<Value>, EvalError> {
         match self {
             Prepared::Interp { graph, interp } => interp.evaluate(graph, inputs),
+            Prepared::Evaluator { graph, ev } => ev.evaluate(graph, inputs),
             Prepared::Cranelift(c) => {
                 Ok(c.run(&tensors_of(inputs, "cranelift")?)?.into_iter().map(Value::Tensor).collect())
             }
@@ -140,7 +156,7 @@ impl Prepared<'_> {
     /// interpreter).
     pub fn describe(&self) -> Vec<String> {
         match self {
-            Prepared::Interp { .. } => Vec::new(),
+            Prepared::Interp { .. } | Prepared::Evaluator { .. } => Vec::new(),
             Prepared::Cranelift(c) => {
                 let st = c.stats();
                 let mut lines = vec![format!(
@@ -189,7 +205,7 @@ impl Prepared<'_> {
     /// unless prepared with [`Tuning::profile`] on a compiled backend).
     pub fn profile(&self) -> Vec<ProfileLine> {
         match self {
-            Prepared::Interp { .. } => Vec::new(),
+            Prepared::Interp { .. } | Prepared::Evaluator { .. } => Vec::new(),
             Prepared::Cranelift(c) => c
                 .profile()
                 .into_iter()

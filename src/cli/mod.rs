@@ -5,6 +5,7 @@ mod bench;
 mod compile;
 mod compress;
 mod inspect;
+mod mlir;
 mod opt;
 mod passes;
 mod run;
