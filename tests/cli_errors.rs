@@ -121,7 +121,8 @@ fn wrong_inputs_are_rejected_before_running() {
     let dir = tempfile::tempdir().unwrap();
     let model = onnx_model(dir.path());
     let out_file = dir.path().join("out.safetensors");
-    let cases: Vec<(&str, Vec<(&str, Tensor)>, Vec<&str>)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, Tensor)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         ("name.safetensors", vec![("x", f32s(&[2, 3])), ("z", f32s(&[2, 3]))], vec!["no tensor named 'y'"]),
         ("missing.safetensors", vec![("x", f32s(&[2, 3]))], vec!["no tensor named 'y'"]),
         (
