@@ -15,9 +15,21 @@ pub enum Error {
     #[error(transparent)]
     Onnx(#[from] sharc_onnx::OnnxError),
     /// Running the model failed.
-    #[error("running {}: {source}", model.display())]
+    #[error("running {}: {source}{}", model.display(), eval_hint(source))]
     Eval { model: PathBuf, source: sharc_ir::EvalError },
     /// A command-line option is wrong.
     #[error("{0}")]
     Usage(String),
+}
+
+/// What to do about an evaluation error, where the error alone does not say:
+/// an op the backend lacks is not the user's mistake, and they need to know
+/// that no input or option will make the run work.
+fn eval_hint(e: &sharc_ir::EvalError) -> &'static str {
+    if e.unsupported {
+        "; this backend does not support this op or case (no input or option changes that): \
+         check the op name and domain, or run the model with another ONNX runtime"
+    } else {
+        ""
+    }
 }

@@ -55,9 +55,30 @@ pub fn load(path: &Path) -> Result<Graph, Error> {
                 }
                 sharc_ir::text::parse_with_weights(&src, &store)
             } else {
-                sharc_ir::text::parse(&src)
+                // Weights the text only declares get synthetic data. That is
+                // right for hand-written test graphs but a silently wrong
+                // result for a real model whose weight file went missing, so
+                // say so when it happens (an empty store accepts exactly the
+                // texts that need no synthetic data).
+                sharc_ir::text::parse_with_weights(&src, &WeightStore::new()).or_else(|_| {
+                    let g = sharc_ir::text::parse(&src)?;
+                    eprintln!(
+                        "warning: {}: no weight file {} beside it; its weights get synthetic (made-up) data, \
+                         so results are not the trained model's",
+                        path.display(),
+                        wpath.display()
+                    );
+                    Ok(g)
+                })
             };
-            parsed.map_err(|e| Error::Data { path: path.to_path_buf(), message: format!("\n{e}") })
+            // The parse error prints as a compiler-style report whose first
+            // line repeats "error:"; the CLI already says that, so lead with
+            // the location and message and keep only the source snippet.
+            parsed.map_err(|e| {
+                let report = e.to_string();
+                let snippet = report.split_once('\n').map_or("", |(_, rest)| rest);
+                Error::Data { path: path.to_path_buf(), message: format!("{}: {}\n{snippet}", e.location(), e.message) }
+            })
         }
     }
 }
@@ -71,7 +92,11 @@ pub struct SaveOptions {
 
 /// Saves a model to a `.onnx` or `.sharc` file, atomically.
 pub fn save(g: &Graph, path: &Path, opts: &SaveOptions) -> Result<(), Error> {
-    match Format::of(path)? {
+    let format = Format::of(path)?;
+    // Before anything is written: a `.sharc` save writes two files, and a
+    // missing folder found between them would leave the first one behind.
+    crate::io::check_output_path(path)?;
+    match format {
         Format::Onnx => {
             let o = sharc_onnx::ExportOptions { external_data: opts.external_data, ..Default::default() };
             Ok(sharc_onnx::export_file(g, path, &o)?)

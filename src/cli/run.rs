@@ -38,6 +38,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
+    if let Some(out) = &a.output {
+        sharc::io::check_output_path(out)?;
+    }
     let g = sharc::model::load(&a.model)?;
     let inputs = match &a.inputs {
         Some(p) => inputs_from_file(&g, p)?,
@@ -88,7 +91,19 @@ fn compare(got: &TensorFile, reference: &Path, tolerance: f64) -> Result<(), Err
             println!("{name}: not numeric, compared for equality: {}", if t == w { "equal" } else { "DIFFERENT" });
             continue;
         };
-        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        // f64::max drops NaN, so a NaN where the reference has a number
+        // would count as no difference at all; count it as infinite instead.
+        // NaN against NaN, and equal infinities, agree.
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| match (x.is_nan(), y.is_nan()) {
+                (true, true) => 0.0,
+                (false, false) if x == y => 0.0,
+                (false, false) => (x - y).abs(),
+                _ => f64::INFINITY,
+            })
+            .fold(0.0, f64::max);
         println!("{name}: max abs difference vs {} = {diff:.3e}", reference.display());
         worst = worst.max(diff);
     }
@@ -114,6 +129,7 @@ fn summary(t: &Tensor) -> String {
 
 pub(crate) fn inputs_from_file(g: &Graph, path: &Path) -> Result<Vec<Value>, Error> {
     let file = read_safetensors(path)?;
+    let mut syms = BTreeMap::new();
     g.input_values()
         .iter()
         .map(|&v| {
@@ -127,9 +143,50 @@ pub(crate) fn inputs_from_file(g: &Graph, path: &Path) -> Result<Vec<Value>, Err
                     message: format!("input '{name}' must be {d}, the file has {}", t.dtype()),
                 });
             }
+            check_shape(g, v, t.shape(), path, &mut syms)?;
             Ok(Value::Tensor(t.clone()))
         })
         .collect()
+}
+
+/// Checks a given input's shape against the shape the graph declares: the
+/// interpreter would otherwise broadcast a wrong-shaped input and return a
+/// plausible but wrong result. Symbolic dims must agree across inputs.
+fn check_shape(
+    g: &Graph,
+    v: sharc::ir::ValueRef,
+    got: &[usize],
+    path: &Path,
+    syms: &mut BTreeMap<String, (usize, String)>,
+) -> Result<(), Error> {
+    let name = &g.value_info(v).name;
+    let Type::Tensor(tt) = g.value_type(v) else { return Ok(()) };
+    let Some(shape) = &tt.shape else { return Ok(()) };
+    let bad = |what: String| Error::Data {
+        path: path.to_path_buf(),
+        message: format!("input '{name}' {what}; the model declares {}", g.value_type(v)),
+    };
+    if shape.rank() != got.len() {
+        return Err(bad(format!("has rank {} (shape {got:?})", got.len())));
+    }
+    for (i, (d, &n)) in shape.dims().iter().zip(got).enumerate() {
+        match d {
+            Dim::Fixed(f) if *f != n as u64 => return Err(bad(format!("has {n} in dim {i} (shape {got:?})"))),
+            Dim::Sym(s) => match syms.get(s.as_str()) {
+                Some((m, other)) if *m != n => {
+                    return Err(bad(format!(
+                        "has {s}={n} in dim {i}, but input '{other}' has {s}={m}; symbolic dims must agree"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    syms.insert(s.to_string(), (n, name.clone()));
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_shape(items: &[String]) -> Result<BTreeMap<String, usize>, Error> {
@@ -171,6 +228,23 @@ pub(crate) fn generated_inputs(g: &Graph, dims: &BTreeMap<String, usize>, ones: 
                     }),
                 })
                 .collect::<Result<_, _>>()?;
+            // A huge --shape would make the allocation panic or abort; say so.
+            if concrete
+                .iter()
+                .try_fold(dtype_size(tt.dtype), |acc, &d| acc.checked_mul(d))
+                .is_none_or(|b| b > isize::MAX as usize)
+            {
+                return Err(Error::Usage(format!(
+                    "input '{}' would have shape {concrete:?}, too large to allocate; give smaller --shape values",
+                    vi.name
+                )));
+            }
+            if ones && !fills_ones(tt.dtype) {
+                return Err(Error::Usage(format!(
+                    "input '{}' is {}, which --fill ones cannot fill; use --fill zeros or give it with --inputs",
+                    vi.name, tt.dtype
+                )));
+            }
             let zeros = Tensor::zeros(tt.dtype, &concrete);
             Ok(Value::Tensor(if ones { fill_ones(&zeros) } else { zeros }))
         })
@@ -188,6 +262,20 @@ fn fill_ones(t: &Tensor) -> Tensor {
         DType::Bool => Tensor::from_vec(s, vec![true; n]),
         DType::U8 => Tensor::from_vec(s, vec![1u8; n]),
         DType::I8 => Tensor::from_vec(s, vec![1i8; n]),
+        // `fills_ones` rules the other types out before we get here.
         _ => t.clone(),
+    }
+}
+
+/// The dtypes [`fill_ones`] can fill; the others would silently stay zero.
+fn fills_ones(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F64 | DType::I64 | DType::I32 | DType::Bool | DType::U8 | DType::I8)
+}
+
+/// An upper bound on the bytes of one element, for the size check only.
+fn dtype_size(d: DType) -> usize {
+    match d {
+        DType::String => 24,
+        _ => 8,
     }
 }
