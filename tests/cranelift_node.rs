@@ -94,22 +94,6 @@ fn compare(got: &Value, want: &Value) -> Result<(), String> {
     }
 }
 
-fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut files: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().to_string();
-                    let idx = name.strip_prefix(prefix)?.strip_suffix(".pb")?.parse().ok()?;
-                    Some((idx, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files.into_iter().map(|(_, p)| p).collect()
-}
-
 fn run_case(dir: &Path) -> (Status, String) {
     let g = match sharc::onnx::import_file(dir.join("model.onnx")) {
         Ok(g) => g,
@@ -124,7 +108,7 @@ fn run_case(dir: &Path) -> (Status, String) {
     let mut all_native = true;
     for set in sets {
         let input_types: Vec<_> = g.input_values().iter().map(|&v| g.value_type(v).clone()).collect();
-        let files = numbered(&set, "input_");
+        let files = common::numbered(&set, "input_");
         if files.len() != input_types.len() {
             return (Status::Unsupported, "input files do not match the graph".into());
         }
@@ -187,15 +171,6 @@ fn read_status() -> BTreeMap<String, Status> {
         .collect()
 }
 
-fn one_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or("").trim();
-    if line.chars().count() > 160 {
-        format!("{}...", line.chars().take(160).collect::<String>())
-    } else {
-        line.to_string()
-    }
-}
-
 #[test]
 fn cranelift_node_conformance() {
     let Some(shared) = common::shared_dir() else { return };
@@ -234,7 +209,7 @@ fn cranelift_node_conformance() {
     let panics = results.iter().filter(|r| r.2.starts_with("PANIC")).count();
     if filter.is_some() {
         for (name, status, why) in &results {
-            println!("{status:<11} {name}  {}", one_line(why));
+            println!("{status:<11} {name}  {}", common::one_line(why));
         }
     }
     println!(
@@ -254,7 +229,7 @@ fn cranelift_node_conformance() {
             if why.is_empty() {
                 text.push_str(&format!("{name} {status}\n"));
             } else {
-                text.push_str(&format!("{name} {status}  # {}\n", one_line(why)));
+                text.push_str(&format!("{name} {status}  # {}\n", common::one_line(why)));
             }
         }
         std::fs::write(status_path(), text).expect("write status file");
@@ -265,8 +240,8 @@ fn cranelift_node_conformance() {
     for (name, status, why) in &results {
         match recorded.get(name) {
             Some(r) if r == status => {}
-            Some(r) => drift.push(format!("{name}: recorded {r}, now {status}  {}", one_line(why))),
-            None => drift.push(format!("{name}: not in the status file, now {status}  {}", one_line(why))),
+            Some(r) => drift.push(format!("{name}: recorded {r}, now {status}  {}", common::one_line(why))),
+            None => drift.push(format!("{name}: not in the status file, now {status}  {}", common::one_line(why))),
         }
     }
     assert_eq!(panics, 0, "{panics} cases panicked");

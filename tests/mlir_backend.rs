@@ -116,22 +116,6 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= atol + rtol * b.abs()
 }
 
-fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    let mut files: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().to_string();
-                    let idx = name.strip_prefix(prefix)?.strip_suffix(".pb")?.parse().ok()?;
-                    Some((idx, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files.into_iter().map(|(_, p)| p).collect()
-}
-
 /// The float subset: every output is a float tensor and every input a tensor
 /// of a numeric or bool type.
 fn in_float_subset(g: &sharc::ir::Graph) -> bool {
@@ -157,7 +141,7 @@ fn run_case(dir: &Path) -> Option<(Status, String)> {
     let backend = MlirCpu { opt_level: 0 };
     for set in sets {
         let mut inputs = Vec::new();
-        for (f, &v) in numbered(&set, "input_").iter().zip(&g.input_values()) {
+        for (f, &v) in common::numbered(&set, "input_").iter().zip(&g.input_values()) {
             match sharc::onnx::read_value_pb(&std::fs::read(f).unwrap_or_default(), g.value_type(v)) {
                 Ok(x) => inputs.push(x),
                 Err(e) => return Some((Status::Fail, format!("reading inputs: {e}"))),
@@ -168,7 +152,7 @@ fn run_case(dir: &Path) -> Option<(Status, String)> {
             Err(e) if e.unsupported => return Some((Status::Unsupported, e.to_string())),
             Err(e) => return Some((Status::Fail, e.to_string())),
         };
-        for (i, (f, got)) in numbered(&set, "output_").iter().zip(&got).enumerate() {
+        for (i, (f, got)) in common::numbered(&set, "output_").iter().zip(&got).enumerate() {
             let ty = g.value_type(g.outputs()[i].value).clone();
             let want = match sharc::onnx::read_value_pb(&std::fs::read(f).unwrap_or_default(), &ty) {
                 Ok(Value::Tensor(t)) => t,

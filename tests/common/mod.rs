@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The shared data folder: `$SHARC_SHARED_DIR`, or `../shared` beside the
 /// repository. Tests that need it fail with a clear message when it is
@@ -24,4 +24,32 @@ pub fn shared_dir() -> Option<PathBuf> {
          (or SHARC_ALLOW_MISSING_DATA=1 to skip tests that need it)",
         dir.display()
     );
+}
+
+/// The `<prefix><n>.pb` files of a node-suite data folder, in numeric order
+/// (`input_10` after `input_9`).
+pub fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let idx = name.strip_prefix(prefix)?.strip_suffix(".pb")?.parse().ok()?;
+                    Some((idx, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The first line of a message, cut to 160 characters, for one-line status entries.
+pub fn one_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("").trim();
+    if line.chars().count() > 160 {
+        format!("{}...", line.chars().take(160).collect::<String>())
+    } else {
+        line.to_string()
+    }
 }
