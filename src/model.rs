@@ -41,7 +41,13 @@ pub fn weights_path(text_path: &Path) -> PathBuf {
 /// Loads a model from a `.onnx` or `.sharc` file.
 pub fn load(path: &Path) -> Result<Graph, Error> {
     match Format::of(path)? {
-        Format::Onnx => Ok(sharc_onnx::import_file(path)?),
+        Format::Onnx => {
+            let g = sharc_onnx::import_file(path)?;
+            if let Some(w) = sharc_onnx::newer_opset_warning(&g) {
+                eprintln!("warning: {}: {w}", path.display());
+            }
+            Ok(g)
+        }
         Format::Text => {
             let src = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
             let wpath = weights_path(path);

@@ -626,6 +626,24 @@ impl Graph {
             }
         }
         s.nodes = self.dag.node_count();
+        // Bodies of If/Loop/Scan: their nodes are counted apart (they run a
+        // data-dependent number of times), their parameters with the rest
+        // (they are stored like any other).
+        for n in self.dag.node_indices() {
+            for body in self.dag[n].op.subgraphs() {
+                let b = body.0.stats();
+                s.subgraphs += 1 + b.subgraphs;
+                s.subgraph_nodes += b.nodes + b.subgraph_nodes;
+                for (op, count) in b.op_histogram.iter().chain(&b.subgraph_op_histogram) {
+                    *s.subgraph_op_histogram.entry(op.clone()).or_default() += count;
+                }
+                s.total_params += b.total_params;
+                s.total_bytes += b.total_bytes;
+                s.unique_params += b.unique_params;
+                s.unique_bytes += b.unique_bytes;
+                s.unique_weights += b.unique_weights;
+            }
+        }
         s
     }
 }
@@ -657,6 +675,13 @@ pub struct GraphStats {
     pub unique_bytes: u64,
     /// Number of distinct weights in use.
     pub unique_weights: usize,
+    /// Control-flow bodies (If branches, Loop and Scan bodies), nested ones
+    /// included.
+    pub subgraphs: usize,
+    /// Nodes inside those bodies (not part of `nodes`).
+    pub subgraph_nodes: usize,
+    /// Node count per op name inside those bodies.
+    pub subgraph_op_histogram: BTreeMap<String, usize>,
 }
 
 impl fmt::Display for GraphStats {

@@ -78,6 +78,15 @@ pub fn report(g: &Graph, top: usize) -> String {
     if n < ops.len() {
         let _ = writeln!(s, "  ... {} more kinds", ops.len() - n);
     }
+    if st.subgraphs > 0 {
+        let bodies = if st.subgraphs == 1 { "body" } else { "bodies" };
+        let _ = writeln!(s, "ops inside control flow ({} {bodies}, {} nodes)", st.subgraphs, st.subgraph_nodes);
+        let mut ops: Vec<(&String, &usize)> = st.subgraph_op_histogram.iter().collect();
+        ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (op, count) in ops.iter().take(if top == 0 { ops.len() } else { top }) {
+            let _ = writeln!(s, "  {count:>6}  {op}");
+        }
+    }
     let _ = writeln!(s, "blocks");
     match sharc_passes::analysis::blocks::find_blocks(g) {
         Ok(an) => {

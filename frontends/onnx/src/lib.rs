@@ -94,3 +94,25 @@ pub use export::{ExportOptions, MIN_EXPORT_OPSET, export_bytes, export_file};
 pub use import::{PRESERVED_FUNCTION, PRESERVED_TRAINING_INFO, import_bytes, import_file};
 pub use tensor::{tensor_from_proto, tensor_to_proto};
 pub use value::{read_tensor_pb, read_value_pb};
+
+/// The newest default-domain opset whose op definitions sharc knows (from
+/// the onnx release its schema table was generated from). A model stamped
+/// with a newer opset still imports, reading each op by its newest known
+/// definition; see [`newer_opset_warning`].
+pub const NEWEST_KNOWN_OPSET: i64 = opsets::LATEST_OPSET;
+
+/// A warning to show when `g` was imported from a model stamped with a
+/// default-domain opset newer than [`NEWEST_KNOWN_OPSET`]: an op whose
+/// definition changed after that opset would be read by its older meaning.
+/// Import does not refuse such models (most newer opsets change few ops);
+/// tools should print this so the user knows to check the outputs.
+pub fn newer_opset_warning(g: &sharc_ir::Graph) -> Option<String> {
+    let (_, v) = g.meta.opset_imports.iter().find(|(d, _)| d.is_empty() || d == "ai.onnx")?;
+    (*v > NEWEST_KNOWN_OPSET).then(|| {
+        format!(
+            "the model uses ONNX opset {v}, newer than the newest sharc knows ({NEWEST_KNOWN_OPSET}); ops are read by \
+             their opset-{NEWEST_KNOWN_OPSET} definitions, so compare outputs with onnxruntime, or re-export the \
+             model at opset {NEWEST_KNOWN_OPSET} or lower"
+        )
+    })
+}

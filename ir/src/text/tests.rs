@@ -1075,3 +1075,16 @@ fn weight_type_mismatch_against_declared_type_in_text() {
     assert!(print(&g).contains("%w = weight @w f32[2] : f32[n]"));
     let _ = Shape::scalar();
 }
+
+#[test]
+fn stats_count_control_flow_bodies_apart() {
+    let g = nested_control_flow();
+    let s = g.stats();
+    // then, else and the loop body inside then.
+    assert_eq!(s.subgraphs, 3);
+    assert_eq!(s.subgraph_op_histogram.get("Loop"), Some(&1));
+    assert_eq!(s.subgraph_op_histogram.get("Add"), Some(&1));
+    assert_eq!(s.subgraph_op_histogram.get("Identity"), Some(&1));
+    assert!(!s.op_histogram.contains_key("Loop"));
+    assert_eq!(s.op_histogram.get("If"), Some(&1));
+}

@@ -613,3 +613,15 @@ fn roi_align_before_16_keeps_its_unshifted_coordinates() {
     let Op::RoiAlign(r) = &g.node(by_name(&g, "y").node).op else { panic!() };
     assert_eq!(r.coordinate_transformation_mode, "output_half_pixel");
 }
+
+#[test]
+fn a_newer_opset_imports_with_a_warning_to_show() {
+    let relu = || {
+        graph("main", vec![node("Relu", &["x"], &["z"], vec![])], vec![vi("x", 1, &[])], vec![vi("z", 1, &[])], vec![])
+    };
+    let known = import(&model(relu(), crate::NEWEST_KNOWN_OPSET)).unwrap();
+    assert_eq!(crate::newer_opset_warning(&known), None);
+    let newer = import(&model(relu(), crate::NEWEST_KNOWN_OPSET + 1)).unwrap();
+    let w = crate::newer_opset_warning(&newer).expect("a warning");
+    assert!(w.contains(&format!("opset {}", crate::NEWEST_KNOWN_OPSET + 1)) && w.contains("re-export"), "{w}");
+}
