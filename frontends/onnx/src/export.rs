@@ -123,10 +123,8 @@ pub fn export_file(g: &Graph, path: impl AsRef<Path>, opts: &ExportOptions) -> R
     let model = build_model(g, &file, data.as_mut())?;
     let bytes = serialize(&model, &file)?;
     let io = |what: &str, e: std::io::Error| OnnxError::io(path, what, e);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".sharc-export-")
-        .tempfile_in(&dir)
-        .map_err(|e| io("cannot create a temporary file next to the model", e))?;
+    let mut tmp =
+        temp_file_in(&dir, ".sharc-export-").map_err(|e| io("cannot create a temporary file next to the model", e))?;
     tmp.write_all(&bytes).map_err(|e| io("cannot write the model", e))?;
     tmp.as_file().sync_all().map_err(|e| io("cannot write the model", e))?;
     let data_written = match data {
@@ -169,11 +167,25 @@ struct DataFile {
     offset: u64,
 }
 
+/// A temporary file in `dir` that becomes an output by rename. Temporary
+/// files are normally private (0600); outputs should get the permissions any
+/// new file gets (0666 less the umask), so ask for those at creation.
+fn temp_file_in(dir: &Path, prefix: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir)
+}
+
 impl DataFile {
     /// Appends bytes at the next aligned offset; returns the offset.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<u64> {
         if self.writer.is_none() {
-            let tmp = tempfile::Builder::new().prefix(".sharc-export-data-").tempfile_in(&self.dir)?;
+            let tmp = temp_file_in(&self.dir, ".sharc-export-data-")?;
             self.writer = Some(BufWriter::with_capacity(1 << 20, tmp));
         }
         let w = self.writer.as_mut().expect("created above");
@@ -783,6 +795,23 @@ mod tests {
         let y = g.add_op(op, &ins, ty);
         g.add_output("y", y);
         g
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_files_get_the_permissions_of_any_new_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = one_op(Op::MatMul, 2);
+        let w = g.add_weight(Weight::from_tensor("w", Tensor::from_vec(&[64], vec![1.0f32; 64])));
+        g.add_output("w_out", w);
+        let opts = ExportOptions { external_data: true, external_threshold: 0, ..ExportOptions::default() };
+        export_file(&g, dir.path().join("m.onnx"), &opts).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        assert_eq!(mode(&dir.path().join("m.onnx")), mode(&plain));
+        assert_eq!(mode(&dir.path().join("m.onnx.data")), mode(&plain));
     }
 
     #[test]
