@@ -97,3 +97,26 @@ fn passes_lists_every_pass_with_its_options() {
     assert!(stdout.contains("small-result-bytes: uint = 64"), "{stdout}");
     assert!(stdout.contains("max-iterations: uint = 16"), "{stdout}");
 }
+
+#[test]
+fn opt_passes_calibration_data_to_the_passes_that_measure_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("models/gpt-tiny.onnx");
+    let sample = root.join("models/gpt-tiny.sample.safetensors");
+    let output = dir.path().join("folded.onnx");
+    let args = ["opt", model.to_str().unwrap(), "-o", output.to_str().unwrap(), "-p", "fold-blocks{remove=1,group=1}"];
+    let out = sharc(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("give --calib"), "{stderr}");
+    assert!(!output.exists());
+
+    let mut with_calib = args.to_vec();
+    with_calib.extend(["--calib", sample.to_str().unwrap()]);
+    let out = sharc(&with_calib);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // One of six equal blocks removed: 1,271,808 parameters less one block's 198,272.
+    assert!(stderr.contains("unique parameters 1271808 -> 1073536"), "{stderr}");
+    assert!(output.exists());
+}

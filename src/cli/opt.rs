@@ -44,6 +44,15 @@ pub struct Args {
     /// For .onnx output: write the weights to a side file.
     #[arg(long)]
     external_data: bool,
+    /// Calibration data for passes that measure the model (fold-blocks,
+    /// crash, dictionary's whitening, expert-reuse): a safetensors file whose
+    /// tensor names are the graph's input names. `sharc compress` also holds
+    /// rows back to report fidelity; here every row calibrates.
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// Rows per batch when running calibration data.
+    #[arg(long, default_value_t = 8, requires = "calib")]
+    batch_size: usize,
 }
 
 /// Writes instrumentation output to stderr as it comes.
@@ -82,7 +91,27 @@ pub fn run(a: Args) -> Result<(), Error> {
 
     let mut g = sharc::model::load(&a.model)?;
     let before = g.stats();
-    let mut cx = PassContext::default();
+    // Passes that run the model (calibration, fidelity checks) use the
+    // reference interpreter: it runs every op, and its numbers are the ones
+    // the other backends are checked against.
+    let evaluator = sharc::interp::Interpreter::new();
+    let calib = match &a.calib {
+        None => Vec::new(),
+        Some(path) => {
+            let file = sharc::data::read_safetensors(path)?;
+            let data_err = |e: sharc::passes::analysis::calibration::CalibrationError| Error::Data {
+                path: path.clone(),
+                message: e.to_string(),
+            };
+            let rows = sharc::passes::analysis::calibration::row_count(&g, &file.tensors).map_err(data_err)?;
+            sharc::passes::analysis::calibration::make_batches(&g, &file.tensors, 0..rows, a.batch_size.max(1))
+                .map_err(data_err)?
+        }
+    };
+    let mut cx = PassContext::with_evaluator(&evaluator);
+    if !calib.is_empty() {
+        cx.calibration = Some(&calib);
+    }
     let report = pm
         .run_with_output(&mut g, &mut cx, &mut Stderr)
         .map_err(|e| Error::Usage(format!("{}: {e}", a.model.display())))?;

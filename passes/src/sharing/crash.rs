@@ -113,7 +113,7 @@ impl Pass for Crash {
         let (Some(ev), Some(batches)) = (cx.evaluator, cx.calibration) else {
             return Err(PassError::Missing {
                 pass: NAME.to_string(),
-                message: "layer similarity needs calibration data and an evaluator (sharc compress --calib)"
+                message: "layer similarity needs calibration data and an evaluator (give --calib to sharc opt or sharc compress)"
                     .to_string(),
             });
         };

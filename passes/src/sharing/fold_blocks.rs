@@ -179,7 +179,7 @@ impl Pass for FoldBlocks {
         let (Some(ev), Some(batches)) = (cx.evaluator, cx.calibration) else {
             return Err(PassError::Missing {
                 pass: NAME.to_string(),
-                message: "block influence needs calibration data and an evaluator (sharc compress --calib)".to_string(),
+                message: "block influence needs calibration data and an evaluator (give --calib to sharc opt or sharc compress)".to_string(),
             });
         };
         let s = fold_blocks(graph, &self.options, ev, batches)?;
