@@ -56,6 +56,21 @@ impl<'a> PassContext<'a> {
         PassContext { evaluator: Some(evaluator), ..Default::default() }
     }
 
+    /// The evaluator and the (non-empty) calibration batches, for a pass
+    /// that must run the model; `needs` says what for, in the error a user
+    /// sees when either is missing (`"block influence"`).
+    pub fn measuring(&self, pass: &str, needs: &str) -> Result<(&'a dyn Evaluator, &'a [Vec<Value>]), PassError> {
+        match (self.evaluator, self.calibration) {
+            (Some(ev), Some(batches)) if !batches.is_empty() => Ok((ev, batches)),
+            _ => Err(PassError::Missing {
+                pass: pass.to_string(),
+                message: format!(
+                    "{needs} needs calibration data and an evaluator (give --calib to sharc opt or sharc compress)"
+                ),
+            }),
+        }
+    }
+
     /// Adds `delta` to a named counter of a pass.
     pub fn count(&mut self, pass: &str, counter: &str, delta: i64) {
         *self.statistics.entry(pass.to_string()).or_default().entry(counter.to_string()).or_default() += delta;

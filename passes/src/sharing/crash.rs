@@ -110,13 +110,7 @@ impl Pass for Crash {
     }
 
     fn run(&mut self, graph: &mut Graph, cx: &mut PassContext) -> Result<PassOutcome, PassError> {
-        let (Some(ev), Some(batches)) = (cx.evaluator, cx.calibration) else {
-            return Err(PassError::Missing {
-                pass: NAME.to_string(),
-                message: "layer similarity needs calibration data and an evaluator (give --calib to sharc opt or sharc compress)"
-                    .to_string(),
-            });
-        };
+        let (ev, batches) = cx.measuring(NAME, "layer similarity")?;
         let s = crash(graph, &self.options, ev, batches)?;
         cx.count(NAME, "clusters", s.clusters.len() as i64);
         cx.count(NAME, "params-removed", s.params_before as i64 - s.params_after as i64);

@@ -176,12 +176,7 @@ impl Pass for FoldBlocks {
     }
 
     fn run(&mut self, graph: &mut Graph, cx: &mut PassContext) -> Result<PassOutcome, PassError> {
-        let (Some(ev), Some(batches)) = (cx.evaluator, cx.calibration) else {
-            return Err(PassError::Missing {
-                pass: NAME.to_string(),
-                message: "block influence needs calibration data and an evaluator (give --calib to sharc opt or sharc compress)".to_string(),
-            });
-        };
+        let (ev, batches) = cx.measuring(NAME, "block influence")?;
         let s = fold_blocks(graph, &self.options, ev, batches)?;
         cx.count(NAME, "blocks-removed", s.removed.len() as i64);
         cx.count(NAME, "groups", s.groups.len() as i64);
