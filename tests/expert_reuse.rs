@@ -162,3 +162,43 @@ print(float(np.abs(out - d["logits"]).max()))
     eprintln!("onnxruntime vs interpreter: max |diff| {diff:.3e}");
     assert!(diff <= 1e-4, "{diff}");
 }
+
+/// `sharc compress --method expert-reuse` end to end: calibration rows from
+/// a file, the compressed ONNX written, and the report's expert and
+/// parameter counts consistent with the pool asked for.
+#[test]
+fn the_cli_compresses_moe_tiny_with_expert_reuse() {
+    let Some((_, ids)) = model() else { return };
+    let shared = common::shared_dir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib.safetensors");
+    let mut f = TensorFile { tensors: Default::default(), metadata: Default::default() };
+    f.tensors.insert("input_ids".into(), rows(&ids, 0, 16));
+    write_safetensors(&calib, &f).unwrap();
+    let out = dir.path().join("moe-er.onnx");
+    let report = dir.path().join("moe-er");
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_sharc"))
+        .arg("compress")
+        .arg(shared.join("models/moe-tiny.onnx"))
+        .args(["--method", "expert-reuse", "--set", "window=2", "--set", "experts=6", "--calib"])
+        .arg(&calib)
+        .arg("-o")
+        .arg(&out)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(res.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&res.stderr));
+    assert!(stdout.contains("experts                    32 ->         12"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.with_extension("json")).unwrap()).unwrap();
+    let d = &json["method_details"];
+    assert_eq!((d["experts_before"].as_u64(), d["experts_after"].as_u64()), (Some(32), Some(12)));
+    // 20 of 32 experts of 128·512 + 256·128 parameters each are gone.
+    let (before, after) = (json["before"]["unique_params"].as_u64().unwrap(), json["after"]["unique_params"].as_u64());
+    assert_eq!(after, Some(before - 20 * (128 * 512 + 256 * 128)));
+    // The written model loads and runs on the interpreter.
+    let g = sharc::onnx::import_file(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(logits(&g, &rows(&ids, 16, 17)).len(), 64 * 256);
+}
