@@ -15,8 +15,11 @@
 //!    exports, or `Equal(indices, e)`), and a `Gather` of `x`'s rows starts
 //!    its body. The body is everything computed from those rows before the
 //!    gate is applied; its weights are the expert's parameters.
-//! 4. **Combine**: the first value that depends on every expert's output
-//!    (the end of the scatter-add chain) is the layer's MoE output.
+//! 4. **Combine**: the first value whose *data* depends on every expert's
+//!    output (the end of the scatter-add chain) is the layer's MoE output.
+//!    Dependencies through `Shape`/`Size` do not count: torch exports expand
+//!    each expert's rows to the shape of the running sum, which would
+//!    otherwise make the last expert's own rows look like the combine.
 //!
 //! Every layer must have a body for each of its `N` experts; a layer that
 //! looks like a router but whose experts cannot all be found is reported
@@ -416,6 +419,14 @@ fn combine_point(g: &Graph, experts: &[Expert], order: &[NodeId]) -> Result<Valu
     let mut reached: HashMap<NodeId, Vec<bool>> = HashMap::new();
     let outputs: HashMap<NodeId, usize> = experts.iter().map(|e| (e.output.node, e.index)).collect();
     for &id in order {
+        // `Shape` and `Size` read only their input's shape, so their
+        // results carry no expert's data. Exporters size each expert's
+        // scatter from the running sum of the earlier experts
+        // (`Expand(y_e, Shape(acc))`), so following them would stop at the
+        // last expert's own output instead of the sum.
+        if matches!(g.node(id).op, Op::Shape(_) | Op::Size) {
+            continue;
+        }
         let mut mask: Option<Vec<bool>> = None;
         for p in g.predecessors(id) {
             if let Some(m) = reached.get(&p) {

@@ -838,4 +838,117 @@ mod tests {
         s.insert("bogus".to_string(), "1".to_string());
         assert!(DictionaryOptions::from_settings(&s).unwrap_err().contains("unknown option 'bogus'"));
     }
+
+    mod on_graphs {
+        use super::super::*;
+        use crate::analysis::blocks::tests::synthetic;
+        use sharc_interp::Interpreter;
+        use sharc_ir::{Evaluator, text::parse};
+
+        fn input(seed: u64) -> Vec<Value> {
+            let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let v: Vec<f32> = (0..2 * 3 * 4)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+                })
+                .collect();
+            vec![Value::Tensor(Tensor::from_vec(&[2, 3, 4], v))]
+        }
+
+        fn out(g: &Graph, x: &[Value]) -> Vec<f32> {
+            let o = Interpreter::new().evaluate(g, x).unwrap();
+            floats(o[0].as_tensor().unwrap()).unwrap()
+        }
+
+        fn apply(
+            g: &mut Graph,
+            o: DictionaryOptions,
+            calib: Option<&[Vec<Value>]>,
+        ) -> Result<DictionaryReport, PassError> {
+            let ev = Interpreter::new();
+            let mut cx = PassContext { evaluator: Some(&ev), calibration: calib, ..Default::default() };
+            let mut p = Dictionary::new(o);
+            p.run(g, &mut cx)?;
+            sharc_ir::infer_shapes(g).unwrap();
+            sharc_ir::verify(g).unwrap();
+            Ok(p.report.unwrap())
+        }
+
+        fn opts(roles: &[&str], atoms: f64) -> DictionaryOptions {
+            DictionaryOptions { roles: roles.iter().map(|r| r.to_string()).collect(), atoms, ..Default::default() }
+        }
+
+        #[test]
+        fn full_atoms_give_the_outputs_back_and_fewer_lose_energy() {
+            let g0 = parse(&synthetic(&["Relu"; 4], 4, 8)).unwrap();
+            let x = input(1);
+            let mut g = g0.clone();
+            let r = apply(&mut g, opts(&["q", "k", "v", "o"], 4.0), None).unwrap();
+            let diff = out(&g0, &x).iter().zip(out(&g, &x)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(diff < 1e-5, "{diff}");
+            assert!(r.parts.iter().all(|p| (p.explained_energy - 1.0).abs() < 1e-9));
+            let mut g = g0.clone();
+            let r = apply(&mut g, opts(&["q", "k"], 2.0), None).unwrap();
+            assert!(r.parts.iter().all(|p| p.atoms == 2 && p.explained_energy < 1.0));
+            // q and k: 4 layers × 16 → 2 atoms × 16 + 4 × 2 coefficients each.
+            assert_eq!(r.params_before - r.params_after, 2 * (64 - (32 + 8)));
+        }
+
+        #[test]
+        fn fold_constants_does_not_fold_the_derived_weights_back() {
+            // Width 8: each derived weight is 256 bytes, above the size
+            // fold-constants always folds, so only its byte rule decides.
+            let mut g = parse(&synthetic(&["Relu"; 4], 8, 8)).unwrap();
+            apply(&mut g, opts(&["q", "v"], 2.0), None).unwrap();
+            let before = g.stats().unique_params;
+            let mut fold = crate::standard::FoldConstants::default();
+            fold.run(&mut g, &mut PassContext::default()).unwrap();
+            assert_eq!(g.stats().unique_params, before);
+            assert!(sharc_ir::print(&g).contains("dictionary.q.l3"));
+        }
+
+        #[test]
+        fn a_whitened_residual_reduces_the_error() {
+            let g0 = parse(&synthetic(&["Relu"; 4], 4, 8)).unwrap();
+            let calib = vec![input(2), input(3)];
+            let mut plain = g0.clone();
+            let a = apply(&mut plain, opts(&["q", "k", "v"], 1.0), Some(&calib)).unwrap();
+            let mut refined = g0.clone();
+            let o = DictionaryOptions { residual_rank: 2, ..opts(&["q", "k", "v"], 1.0) };
+            let b = apply(&mut refined, o, Some(&calib)).unwrap();
+            assert!(b.parts.iter().all(|p| p.whitened));
+            assert!(b.output_error < a.output_error, "{} vs {}", b.output_error, a.output_error);
+            // The SVD baseline at the same budget runs and reports.
+            let mut svd = g0.clone();
+            let c =
+                apply(&mut svd, DictionaryOptions { method: Method::Svd, ..opts(&["q", "k", "v"], 2.0) }, Some(&calib))
+                    .unwrap();
+            assert!(c.parts.iter().all(|p| p.atoms >= 1));
+            assert!(c.to_text().contains("per") || c.to_text().contains("svd"));
+        }
+
+        #[test]
+        fn refuses_unknown_roles_and_models_without_blocks() {
+            let mut g = parse(&synthetic(&["Relu"; 4], 4, 8)).unwrap();
+            let e = apply(&mut g, opts(&["gate"], 2.0), None).unwrap_err();
+            assert!(matches!(e, PassError::Refused { .. }) && e.to_string().contains("linear roles are"), "{e}");
+            let mut one = parse(&synthetic(&["Relu"], 4, 8)).unwrap();
+            let e = apply(&mut one, opts(&["q"], 1.0), None).unwrap_err();
+            assert!(matches!(e, PassError::Refused { .. }), "{e}");
+            let mut g = parse(&synthetic(&["Relu"; 4], 4, 8)).unwrap();
+            let o = DictionaryOptions { cut: Cut::Drift, ..opts(&["q"], 1.0) };
+            let e = Dictionary::new(o).run(&mut g, &mut PassContext::default()).unwrap_err();
+            assert!(matches!(e, PassError::Missing { .. }), "{e}");
+        }
+
+        #[test]
+        fn snapshot_of_two_groups_of_one_atom_for_q_and_k() {
+            let mut g = parse(&synthetic(&["Relu"; 4], 4, 8)).unwrap();
+            apply(&mut g, DictionaryOptions { groups: 2, ..opts(&["q", "k"], 1.0) }, None).unwrap();
+            insta::assert_snapshot!(sharc_ir::print(&g));
+        }
+    }
 }

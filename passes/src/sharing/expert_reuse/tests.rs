@@ -38,6 +38,22 @@ pub(crate) enum Experts {
 /// and torch's dispatch (`OneHot` mask, `NonZero`, row `Gather`, gated
 /// `ScatterND` add).
 pub(crate) fn moe_graph(layers: usize, n: usize, k: usize, d: usize, f: usize, experts: Experts) -> Graph {
+    moe_graph_with(layers, n, k, d, f, experts, false)
+}
+
+/// [`moe_graph`], optionally with torch's `Expand(y_e, Shape(Slice(acc)))`
+/// before each scatter (`sized_by_sum`): a no-op broadcast whose shape
+/// input depends on the running sum of the earlier experts, as in the
+/// Mixtral-style exports of transformers (moe-tiny).
+pub(crate) fn moe_graph_with(
+    layers: usize,
+    n: usize,
+    k: usize,
+    d: usize,
+    f: usize,
+    experts: Experts,
+    sized_by_sum: bool,
+) -> Graph {
     let mut g = Graph::new("moe");
     let mut x = g.add_input("x", Type::tensor(DType::F32, vec![Dim::sym("tokens"), Dim::Fixed(d as u64)]));
     let mut seed = 1;
@@ -108,7 +124,14 @@ pub(crate) fn moe_graph(layers: usize, n: usize, k: usize, d: usize, f: usize, e
             let gsel = g.add_op(Op::Gather(Gather { axis: 0 }), &[gflat, gi], Type::Unknown);
             let ax = c_i64(&mut g, vec![1], &[1]);
             let gcol = g.add_op(Op::Unsqueeze, &[gsel, ax], Type::Unknown);
-            let y = g.add_op(Op::Binary(BinaryOp::Mul), &[h, gcol], Type::Unknown);
+            let mut y = g.add_op(Op::Binary(BinaryOp::Mul), &[h, gcol], Type::Unknown);
+            if sized_by_sum {
+                let (s0, s1, s2) =
+                    (c_i64(&mut g, vec![0], &[1]), c_i64(&mut g, vec![1], &[1]), c_i64(&mut g, vec![0], &[1]));
+                let head = g.add_op(Op::Slice, &[acc, s0, s1, s2], Type::Unknown);
+                let to = g.add_op(Op::Shape(ShapeOf { start: 0, end: None }), &[head], Type::Unknown);
+                y = g.add_op(Op::Expand, &[y, to], Type::Unknown);
+            }
             let ti = g.add_op(Op::Unsqueeze, &[tok, ax], Type::Unknown);
             acc = g.add_op(Op::ScatterND(ScatterND { reduction: ScatterReduction::Add }), &[acc, ti, y], Type::Unknown);
         }
@@ -163,6 +186,33 @@ fn detects_router_topk_experts_and_combine() {
         assert!(g.users(l.output).iter().any(|(u, _)| matches!(g.node(*u).op, Op::Binary(BinaryOp::Add))));
     }
     assert!(a.summary(&g).contains("moe layer 1"));
+}
+
+/// Regression: when each expert's rows are broadcast to the shape of the
+/// running sum, the last expert's rows depend on every expert through
+/// `Shape` alone. The combine must still be the last scatter (the data that
+/// sums all experts), or rebinding replaces one expert's rows with the
+/// whole layer's output and the model stops running.
+#[test]
+fn shape_only_dependencies_do_not_make_a_combine() {
+    let g = moe_graph_with(2, 4, 2, 6, 5, Experts::Random, true);
+    let a = find_moe_layers(&g).unwrap();
+    assert_eq!(a.layers.len(), 2, "{}", a.summary(&g));
+    for l in &a.layers {
+        assert!(matches!(g.node(l.output.node).op, Op::ScatterND(_)), "{}", a.summary(&g));
+    }
+    let batches = vec![batch(11, 20, 6), batch(12, 7, 6)];
+    let before = run(&g, &batches[1]);
+    let mut h = g.clone();
+    let o = ExpertReuseOptions { window: 2, experts: Some(8), ..Default::default() };
+    let r = apply(&mut h, o, &batches).unwrap();
+    assert_eq!(r.experts_after, 8);
+    assert!(max_diff(&before, &run(&h, &batches[1])) < 1e-5);
+    let mut h = g.clone();
+    let o = ExpertReuseOptions { window: 2, experts: Some(3), ..Default::default() };
+    let r = apply(&mut h, o, &batches).unwrap();
+    assert_eq!(r.experts_after, 3);
+    assert_eq!(run(&h, &batches[1]).len(), before.len());
 }
 
 #[test]
