@@ -273,15 +273,7 @@ impl Pass for ExpertReuse {
         }
         let layers = analysis.layers;
         check_experts_match(g, &layers)?;
-        let (Some(ev), Some(batches)) = (cx.evaluator, cx.calibration) else {
-            return Err(PassError::Missing {
-                pass: NAME.into(),
-                message: "needs an evaluator and calibration batches to measure expert usage".into(),
-            });
-        };
-        if batches.is_empty() {
-            return Err(PassError::Missing { pass: NAME.into(), message: "the calibration set is empty".into() });
-        }
+        let (ev, batches) = cx.measuring(NAME, "measuring expert usage")?;
         let original = g.clone();
         let stats = calibrate(g, &layers, ev, batches, &o)?;
         let n = layers[0].num_experts();
