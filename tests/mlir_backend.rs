@@ -88,6 +88,13 @@ fn gpt_tiny_matches_references() {
     check_model("gpt-tiny", 8);
 }
 
+/// Mixture of experts: routing by TopK/OneHot, each expert's tokens picked by
+/// NonZero (a data-dependent count), gathered, run and scattered back.
+#[test]
+fn moe_tiny_matches_references() {
+    check_model("moe-tiny", 4);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
     Pass,
@@ -252,8 +259,13 @@ const MLP: &str = r#"graph @mlp(%x: f32[batch, 64]) -> (%y) {
 "#;
 
 fn mlp_graph() -> sharc::ir::Graph {
+    graph_with_weights(MLP)
+}
+
+/// Parses IR text and gives every weight deterministic small values.
+fn graph_with_weights(text: &str) -> sharc::ir::Graph {
     use sharc::ir::{Tensor, Weight};
-    let mut g = sharc::ir::parse(MLP).unwrap_or_else(|e| panic!("{e}"));
+    let mut g = sharc::ir::parse(text).unwrap_or_else(|e| panic!("{e}"));
     // Deterministic weights: small values that exercise every op.
     let ids: Vec<_> = g.weights.iter().map(|(id, w)| (id, w.shape.clone())).collect();
     for (id, shape) in ids {
@@ -284,6 +296,86 @@ fn mlp_block_fuses_and_matches_interpreter() {
     // sum, variance and normalisation, plus the variance's fill); fusion
     // folds bias + GELU into their consumers.
     assert!(exe.kernels <= 7, "{} kernels", exe.kernels);
+}
+
+/// A pre-LayerNorm transformer block: 4-head self-attention and a GELU MLP,
+/// each with a residual connection.
+const BLOCK: &str = r#"graph @block(%x: f32[seq, 64]) -> (%y) {
+  %g1 = weight @g1 : f32[64]
+  %be1 = weight @be1 : f32[64]
+  %wq = weight @wq : f32[64, 64]
+  %wk = weight @wk : f32[64, 64]
+  %wv = weight @wv : f32[64, 64]
+  %wo = weight @wo : f32[64, 64]
+  %g2 = weight @g2 : f32[64]
+  %be2 = weight @be2 : f32[64]
+  %w1 = weight @w1 : f32[64, 256]
+  %b1 = weight @b1 : f32[256]
+  %w2 = weight @w2 : f32[256, 64]
+  %b2 = weight @b2 : f32[64]
+  %heads = const i64[3] [0, 4, 16]
+  %flat = const i64[2] [0, 64]
+  %scale = const f32[1] [0.25]
+  %h = LayerNormalization(%x, %g1, %be1) {axis = -1, epsilon = 1e-5} : f32[seq, 64]
+  %q = MatMul(%h, %wq) : f32[seq, 64]
+  %k = MatMul(%h, %wk) : f32[seq, 64]
+  %v = MatMul(%h, %wv) : f32[seq, 64]
+  %q3 = Reshape(%q, %heads) : f32[seq, 4, 16]
+  %k3 = Reshape(%k, %heads) : f32[seq, 4, 16]
+  %v3 = Reshape(%v, %heads) : f32[seq, 4, 16]
+  %qh = Transpose(%q3) {perm = [1, 0, 2]} : f32[4, seq, 16]
+  %kh = Transpose(%k3) {perm = [1, 2, 0]} : f32[4, 16, seq]
+  %vh = Transpose(%v3) {perm = [1, 0, 2]} : f32[4, seq, 16]
+  %s = MatMul(%qh, %kh) : f32[4, seq, seq]
+  %ss = Mul(%s, %scale) : f32[4, seq, seq]
+  %p = Softmax(%ss) {axis = -1} : f32[4, seq, seq]
+  %o = MatMul(%p, %vh) : f32[4, seq, 16]
+  %ot = Transpose(%o) {perm = [1, 0, 2]} : f32[seq, 4, 16]
+  %o2 = Reshape(%ot, %flat) : f32[seq, 64]
+  %a = MatMul(%o2, %wo) : f32[seq, 64]
+  %r1 = Add(%x, %a) : f32[seq, 64]
+  %h2 = LayerNormalization(%r1, %g2, %be2) {axis = -1, epsilon = 1e-5} : f32[seq, 64]
+  %m1 = MatMul(%h2, %w1) : f32[seq, 256]
+  %m1b = Add(%m1, %b1) : f32[seq, 256]
+  %ge = Gelu(%m1b) : f32[seq, 256]
+  %m2 = MatMul(%ge, %w2) : f32[seq, 64]
+  %m2b = Add(%m2, %b2) : f32[seq, 64]
+  %y = Add(%r1, %m2b) : f32[seq, 64]
+}
+"#;
+
+/// The kernel count of one transformer block after fusion, by kind, as a
+/// snapshot: a change in fusion shows up as a reviewed diff. The block also
+/// has to match the interpreter.
+#[test]
+fn transformer_block_kernel_count() {
+    let g = graph_with_weights(BLOCK);
+    let dims = sharc::mlir::parse_dims(&["seq=16"]).unwrap();
+    let lowered = sharc::mlir::lower_graph(&g, &dims).unwrap_or_else(|e| panic!("{e}"));
+    let stages = sharc::mlir::compile::cpu_stages(&lowered).unwrap_or_else(|e| panic!("{e}"));
+    let count = |stage: &str| {
+        let text = &stages.iter().find(|(n, _)| n == stage).unwrap().1;
+        (sharc::mlir::compile::count_kernels(text), sharc::mlir::compile::kernel_stats(text))
+    };
+    let (before, _) = count("tensor");
+    let (after, kinds) = count("fused");
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    let report = format!(
+        "ops in the block: {}\nkernels before fusion: {before}\nkernels after fusion: {after}\n{}",
+        lowered.lowered_nodes,
+        kinds.join("\n")
+    );
+    println!("{report}");
+    insta::assert_snapshot!("transformer_block_kernels", report);
+    assert!(after < before, "fusion merged nothing ({before} -> {after})");
+    let x: Vec<f32> = (0..16 * 64).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+    let x = Tensor::from_vec(&[16, 64], x);
+    let mut exe = MlirCpu::default().compile_for(&g, std::slice::from_ref(&x)).unwrap();
+    let got = exe.run(std::slice::from_ref(&x)).unwrap();
+    let want = sharc::interp::Interpreter::new().evaluate(&g, &[Value::Tensor(x)]).unwrap();
+    let err = max_abs_diff(&got[0], want[0].as_tensor().unwrap());
+    println!("transformer block: max abs error vs interp {err:.3e}");
+    assert!(err <= 1e-4, "{err}");
 }
 
 /// Matmul + bias + ReLU: arithmetic only, so its PTX needs no libdevice.

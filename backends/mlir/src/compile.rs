@@ -42,7 +42,7 @@ pub const CPU_STAGES: &[Stage] = &[
     Stage {
         name: "loops",
         pipeline: "builtin.module(func.func(convert-linalg-to-loops,canonicalize),convert-math-to-libm,\
-                   convert-scf-to-cf,expand-strided-metadata,lower-affine)",
+                   arith-expand,convert-scf-to-cf,expand-strided-metadata,lower-affine)",
     },
     Stage {
         name: "llvm",
@@ -134,6 +134,42 @@ pub fn count_kernels(fused_text: &str) -> usize {
             op.starts_with("linalg.") && !op.starts_with("linalg.yield") && !op.starts_with("linalg.index")
         })
         .count()
+}
+
+/// The kernels of a fused module by kind: `fill` (initialising an
+/// accumulator), `contraction` (a reduction with parallel loops on both
+/// sides, a matrix product), `reduction`, `elementwise` (all-parallel
+/// generics, after fusion usually a chain of several ops), or the op's own
+/// name for named linalg ops. Sorted by kind; the counts add up to
+/// [`count_kernels`].
+pub fn kernel_stats(fused_text: &str) -> Vec<(String, usize)> {
+    let mut stats: BTreeMap<String, usize> = BTreeMap::new();
+    for l in fused_text.lines() {
+        let l = l.trim_start();
+        let op = l.split_once(" = ").map(|(_, r)| r).unwrap_or(l);
+        if !op.starts_with("linalg.") || op.starts_with("linalg.yield") || op.starts_with("linalg.index") {
+            continue;
+        }
+        let name = op.split(|c: char| c.is_whitespace() || c == '{' || c == '(').next().unwrap_or(op);
+        let kind = match name {
+            "linalg.fill" => "fill".to_string(),
+            "linalg.generic" => {
+                let iters = op.split("iterator_types = [").nth(1).and_then(|r| r.split(']').next()).unwrap_or("");
+                let red = iters.matches("reduction").count();
+                let par = iters.matches("parallel").count();
+                let last_parallel = iters.trim_end().ends_with("\"parallel\"");
+                match (red, par) {
+                    (0, _) => "elementwise",
+                    (_, p) if p >= 2 && last_parallel => "contraction",
+                    _ => "reduction",
+                }
+                .to_string()
+            }
+            other => other.trim_start_matches("linalg.").to_string(),
+        };
+        *stats.entry(kind).or_default() += 1;
+    }
+    stats.into_iter().collect()
 }
 
 /// `{rank, descriptor}`: how MLIR passes a memref of any rank to C.
