@@ -246,6 +246,38 @@ fn node_suite_float_subset() {
     assert!(drift.is_empty(), "status drift ({}):\n{}", drift.len(), drift.join("\n"));
 }
 
+/// The MoE dispatch pattern in miniature: the rows of `t` where `x` is
+/// non-zero are picked (a data-dependent count), doubled and written back.
+const PICK: &str = r#"graph @pick(%x: f32[5], %t: f32[5, 3]) -> (%y) {
+  %axes0 = const i64[1] [0]
+  %axes1 = const i64[1] [1]
+  %two = const f32[1] [2.0]
+  %nz = NonZero(%x) : ?
+  %rows = Squeeze(%nz, %axes0) : ?
+  %picked = Gather(%t, %rows) {axis = 0} : ?
+  %upd = Mul(%picked, %two) : ?
+  %col = Unsqueeze(%rows, %axes1) : ?
+  %shape = Shape(%picked) : ?
+  %idx = Expand(%col, %shape) : ?
+  %y = ScatterElements(%t, %idx, %upd) {axis = 0} : ?
+}
+"#;
+
+#[test]
+fn data_dependent_pick_and_scatter_matches_interpreter() {
+    let g = sharc::ir::parse(PICK).unwrap_or_else(|e| panic!("{e}"));
+    let t = Tensor::from_vec(&[5, 3], (0..15).map(|i| i as f32 - 7.0).collect::<Vec<_>>());
+    // No rows, some rows, all rows: the count is 0, 2 and 5.
+    for x in [[0.0f32; 5], [0.0, 1.5, 0.0, -2.0, 0.0], [1.0; 5]] {
+        let inputs = [Tensor::from_vec(&[5], x.to_vec()), t.clone()];
+        let mut exe = MlirCpu::default().compile_for(&g, &inputs).unwrap_or_else(|e| panic!("{e}"));
+        let got = exe.run(&inputs).unwrap();
+        let values: Vec<Value> = inputs.iter().cloned().map(Value::Tensor).collect();
+        let want = sharc::interp::Interpreter::new().evaluate(&g, &values).unwrap();
+        assert_eq!(got[0].to_f64_vec(), want[0].as_tensor().unwrap().to_f64_vec(), "x = {x:?}");
+    }
+}
+
 /// A small MLP block in IR text: matmul + bias + tanh-GELU, then LayerNorm.
 const MLP: &str = r#"graph @mlp(%x: f32[batch, 64]) -> (%y) {
   %w = weight @w : f32[64, 128]

@@ -35,7 +35,8 @@ impl Body {
 
     pub(crate) fn iconst(&mut self, v: i64, ty: &str) -> String {
         if ty == "i1" {
-            return self.op(format!("arith.constant {} : i1", if v != 0 { "true" } else { "false" }));
+            // A bool literal carries its type: no `: i1` after it.
+            return self.op(format!("arith.constant {}", if v != 0 { "true" } else { "false" }));
         }
         self.op(format!("arith.constant {v} : {ty}"))
     }

@@ -41,13 +41,13 @@ fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
 fn nonzero_test(x: &str, dt: DType, out: &str) -> Result<String, String> {
     let e = elem_type(dt).ok_or("no element type")?;
     let (zero, cmp) = if dt.is_float() {
-        ("0.0", "arith.cmpf une")
+        (format!("0.0 : {e}"), "arith.cmpf une")
     } else if dt == DType::Bool {
-        ("false", "arith.cmpi ne")
+        ("false".to_string(), "arith.cmpi ne")
     } else {
-        ("0", "arith.cmpi ne")
+        (format!("0 : {e}"), "arith.cmpi ne")
     };
-    Ok(format!("{out}_z = arith.constant {zero} : {e}\n{out} = {cmp}, {x}, {out}_z : {e}"))
+    Ok(format!("{out}_z = arith.constant {zero}\n{out} = {cmp}, {x}, {out}_z : {e}"))
 }
 
 /// The arith op that combines an old element with an update, or `None` when

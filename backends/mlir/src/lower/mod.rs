@@ -395,9 +395,14 @@ impl<'a> Emitter<'a> {
             let bytes = t
                 .to_le_bytes()
                 .ok_or_else(|| MlirError::Graph(format!("constant '{name}' ({dt}) has no byte form")))?;
+            // A splat (all elements equal, as for ConstantOfShape) is one
+            // element's bytes, which MLIR reads as a splat.
+            let width = bytes.len() / t.len();
+            let splat = width > 0 && bytes.chunks(width).all(|c| c == &bytes[..width]);
+            let bytes = if splat { &bytes[..width] } else { &bytes[..] };
             let mut hex = String::with_capacity(bytes.len() * 2 + 4);
             hex.push_str("\"0x");
-            for b in &bytes {
+            for b in bytes {
                 let _ = write!(hex, "{b:02X}");
             }
             hex.push('"');
@@ -454,7 +459,11 @@ impl<'a> Emitter<'a> {
                 } else {
                     format!("{}", v as i64)
                 };
-                self.push(format!("{c} = arith.constant {lit} : {et}"));
+                if out_dt == DType::Bool {
+                    self.push(format!("{c} = arith.constant {lit}"));
+                } else {
+                    self.push(format!("{c} = arith.constant {lit} : {et}"));
+                }
                 let s = self.fresh();
                 self.push(format!("{s} = linalg.fill ins({c} : {et}) outs({e} : {oty}) -> {oty}"));
                 s

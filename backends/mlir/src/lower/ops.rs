@@ -59,6 +59,39 @@ impl Emitter<'_> {
                 "{s} = tensor.expand_shape {ssa} [] output_shape [{}] : {ity} into {oty}",
                 dims.join(", ")
             ));
+        } else if let Some(groups) = reshape_groups(&shape, oshape) {
+            // A collapse then an expand: unlike `tensor.reshape`, both are
+            // seen through by elementwise fusion (fusion by expansion), so a
+            // head split or merge does not cut a chain of loops in two.
+            let mid: Vec<u64> = groups.iter().map(|(gi, _)| gi.iter().map(|&i| shape[i]).product()).collect();
+            let assoc = |side: &dyn Fn(&(Vec<usize>, Vec<usize>)) -> &Vec<usize>| -> String {
+                let parts: Vec<String> = groups
+                    .iter()
+                    .map(|g| format!("[{}]", side(g).iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")))
+                    .collect();
+                format!("[{}]", parts.join(", "))
+            };
+            let mut cur = ssa.clone();
+            if mid.len() != shape.len() {
+                let c = self.fresh();
+                self.push(format!(
+                    "{c} = tensor.collapse_shape {cur} {} : {ity} into {}",
+                    assoc(&|g| &g.0),
+                    tensor_ty(dt, &mid)
+                ));
+                cur = c;
+            }
+            if mid.len() != oshape.len() {
+                let dims: Vec<String> = oshape.iter().map(|d| d.to_string()).collect();
+                self.push(format!(
+                    "{s} = tensor.expand_shape {cur} {} output_shape [{}] : {} into {oty}",
+                    assoc(&|g| &g.1),
+                    dims.join(", "),
+                    tensor_ty(dt, &mid)
+                ));
+            } else {
+                return Ok(cur);
+            }
         } else {
             let c = self.fresh();
             let dims: Vec<String> = oshape.iter().map(|d| d.to_string()).collect();
@@ -645,5 +678,70 @@ impl Emitter<'_> {
             return Err(format!("reduced shape {rshape:?} differs from the declared {oshape:?}"));
         }
         Ok(fin)
+    }
+}
+
+/// Splits a reshape of non-empty static shapes into contiguous groups of
+/// input and output dims with equal products, e.g. `[2, 3, 4] -> [6, 2, 2]`
+/// into `([0, 1], [0])` and `([2], [1, 2])`. Size-1 dims join a neighbouring
+/// group. `None` for empty tensors (every split fits) and rank 0.
+pub(super) fn reshape_groups(a: &[u64], b: &[u64]) -> Option<Vec<(Vec<usize>, Vec<usize>)>> {
+    if a.is_empty() || b.is_empty() || a.contains(&0) || b.contains(&0) {
+        return None;
+    }
+    let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let (mut gi, mut gj) = (Vec::new(), Vec::new());
+        let (mut pa, mut pb) = (1u64, 1u64);
+        if i < a.len() {
+            pa *= a[i];
+            gi.push(i);
+            i += 1;
+        }
+        if j < b.len() {
+            pb *= b[j];
+            gj.push(j);
+            j += 1;
+        }
+        while pa != pb {
+            if pa < pb && i < a.len() {
+                pa = pa.checked_mul(a[i])?;
+                gi.push(i);
+                i += 1;
+            } else if pb < pa && j < b.len() {
+                pb = pb.checked_mul(b[j])?;
+                gj.push(j);
+                j += 1;
+            } else {
+                return None;
+            }
+        }
+        // A lone size-1 dim on one side joins the previous group.
+        match groups.last_mut() {
+            Some(last) if gi.is_empty() || gj.is_empty() => {
+                last.0.extend(gi);
+                last.1.extend(gj);
+            }
+            _ if gi.is_empty() || gj.is_empty() => return None,
+            _ => groups.push((gi, gj)),
+        }
+    }
+    Some(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reshape_groups;
+
+    #[test]
+    fn reshapes_split_into_collapse_and_expand_groups() {
+        let g = |a: &[u64], b: &[u64]| reshape_groups(a, b);
+        assert_eq!(g(&[2, 3, 4], &[6, 2, 2]), Some(vec![(vec![0, 1], vec![0]), (vec![2], vec![1, 2])]));
+        assert_eq!(g(&[8, 64], &[8, 4, 16]), Some(vec![(vec![0], vec![0]), (vec![1], vec![1, 2])]));
+        assert_eq!(g(&[2, 3], &[3, 2]), Some(vec![(vec![0, 1], vec![0, 1])]));
+        assert_eq!(g(&[6, 1], &[6]), Some(vec![(vec![0, 1], vec![0])]));
+        assert_eq!(g(&[1], &[1, 1]), Some(vec![(vec![0], vec![0, 1])]));
+        assert_eq!(g(&[0, 3], &[3, 0]), None);
     }
 }
