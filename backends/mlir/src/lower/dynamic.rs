@@ -134,7 +134,9 @@ impl Emitter<'_> {
         self.push(format!("{n} = arith.index_cast {c} : i64 to index"));
         match &odims[1] {
             Dv::S(_) => self.bind(id, &odims[1], &n)?,
-            Dv::N(_) => {} // inference knew the count; the data agree by construction
+            // Only a literal input has a count known before the run, and
+            // that is folded; a fixed count here could disagree with the data.
+            Dv::N(_) => return Err(err("the count is fixed at compile time but the input is not".into())),
         }
         // 2. The coordinates, written in one ordered pass.
         let oty = tensor_ty(DType::I64, odims);
