@@ -143,7 +143,10 @@ pub fn static_shape(g: &Graph, v: ValueRef) -> Result<(DType, Vec<u64>), MlirErr
 /// data-dependent dim, the arithmetic on it), which gives literals where the
 /// data-dependent part drops out (`Shape(x)[-1]`) and symbolic shape vectors
 /// otherwise.
-fn fold(g: &Graph) -> Result<(HashMap<ValueRef, Tensor>, HashMap<ValueRef, SymTensor>), MlirError> {
+/// Literal values, and symbolically known small tensors.
+type Folded = (HashMap<ValueRef, Tensor>, HashMap<ValueRef, SymTensor>);
+
+fn fold(g: &Graph) -> Result<Folded, MlirError> {
     let order = g.topo_order().map_err(|e| MlirError::Graph(e.to_string()))?;
     let mut known: HashMap<ValueRef, Tensor> = HashMap::new();
     let mut sym: HashMap<ValueRef, SymTensor> = HashMap::new();

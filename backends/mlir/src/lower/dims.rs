@@ -397,7 +397,7 @@ impl<'a> Emitter<'a> {
 
     /// A tensor of integers from `index` values (shape vectors computed from
     /// run-time dims), of the given integer dtype and static shape.
-    pub(crate) fn from_indices(&mut self, vals: &[String], dt: DType, shape: &[u64]) -> R<String> {
+    pub(crate) fn tensor_of_indices(&mut self, vals: &[String], dt: DType, shape: &[u64]) -> R<String> {
         let e = elem_type(dt).ok_or_else(|| MlirError::Graph(format!("no element type for {dt}")))?;
         let mut elems = Vec::new();
         for v in vals {

@@ -343,7 +343,7 @@ impl<'a> Emitter<'a> {
                 vals.push(self.dim_ssa(&Dv::S(e.to_string()))?);
             }
             let shape: Vec<u64> = st.shape.iter().map(|&d| d as u64).collect();
-            let s = self.from_indices(&vals, st.dtype, &shape)?;
+            let s = self.tensor_of_indices(&vals, st.dtype, &shape)?;
             self.vals.insert(v, s.clone());
             return Ok(s);
         }
@@ -836,7 +836,7 @@ impl<'a> Emitter<'a> {
                     vals.push(self.dim_ssa(d)?);
                 }
                 let n = vals.len() as u64;
-                self.from_indices(&vals, odt, &[n])?
+                self.tensor_of_indices(&vals, odt, &[n])?
             }
             Op::Size => {
                 let (_, xd) = self.dims_of(input(0)?)?;
@@ -845,7 +845,7 @@ impl<'a> Emitter<'a> {
                     let v = self.dim_ssa(d)?;
                     acc = self.index_op("arith.muli", &acc, &v);
                 }
-                self.from_indices(&[acc], odt, &[])?
+                self.tensor_of_indices(&[acc], odt, &[])?
             }
             Op::NonZero => self.non_zero(id, input(0)?, &odims)?,
             Op::OneHot(oh) => {

@@ -33,7 +33,7 @@ impl Emitter<'_> {
             for d in odims {
                 vals.push(self.dim_ssa(d)?);
             }
-            let c = self.from_indices(&vals, DType::I64, &[odims.len() as u64])?;
+            let c = self.tensor_of_indices(&vals, DType::I64, &[odims.len() as u64])?;
             let s = self.fresh();
             self.push(format!(
                 "{s} = tensor.reshape {ssa}({c}) : ({}, tensor<{}xi64>) -> {}",
@@ -64,10 +64,10 @@ impl Emitter<'_> {
             // seen through by elementwise fusion (fusion by expansion), so a
             // head split or merge does not cut a chain of loops in two.
             let mid: Vec<u64> = groups.iter().map(|(gi, _)| gi.iter().map(|&i| shape[i]).product()).collect();
-            let assoc = |side: &dyn Fn(&(Vec<usize>, Vec<usize>)) -> &Vec<usize>| -> String {
+            let assoc = |pick: fn(&Group) -> &Vec<usize>| -> String {
                 let parts: Vec<String> = groups
                     .iter()
-                    .map(|g| format!("[{}]", side(g).iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")))
+                    .map(|g| format!("[{}]", pick(g).iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")))
                     .collect();
                 format!("[{}]", parts.join(", "))
             };
@@ -76,7 +76,7 @@ impl Emitter<'_> {
                 let c = self.fresh();
                 self.push(format!(
                     "{c} = tensor.collapse_shape {cur} {} : {ity} into {}",
-                    assoc(&|g| &g.0),
+                    assoc(|g| &g.0),
                     tensor_ty(dt, &mid)
                 ));
                 cur = c;
@@ -85,7 +85,7 @@ impl Emitter<'_> {
                 let dims: Vec<String> = oshape.iter().map(|d| d.to_string()).collect();
                 self.push(format!(
                     "{s} = tensor.expand_shape {cur} {} output_shape [{}] : {} into {oty}",
-                    assoc(&|g| &g.1),
+                    assoc(|g| &g.1),
                     dims.join(", "),
                     tensor_ty(dt, &mid)
                 ));
@@ -681,15 +681,18 @@ impl Emitter<'_> {
     }
 }
 
+/// Input dims and output dims of one reshape group.
+pub(super) type Group = (Vec<usize>, Vec<usize>);
+
 /// Splits a reshape of non-empty static shapes into contiguous groups of
 /// input and output dims with equal products, e.g. `[2, 3, 4] -> [6, 2, 2]`
 /// into `([0, 1], [0])` and `([2], [1, 2])`. Size-1 dims join a neighbouring
 /// group. `None` for empty tensors (every split fits) and rank 0.
-pub(super) fn reshape_groups(a: &[u64], b: &[u64]) -> Option<Vec<(Vec<usize>, Vec<usize>)>> {
+pub(super) fn reshape_groups(a: &[u64], b: &[u64]) -> Option<Vec<Group>> {
     if a.is_empty() || b.is_empty() || a.contains(&0) || b.contains(&0) {
         return None;
     }
-    let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {
         let (mut gi, mut gj) = (Vec::new(), Vec::new());
