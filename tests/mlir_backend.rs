@@ -18,10 +18,21 @@ use sharc::mlir::MlirCpu;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The largest absolute difference; a NaN on one side only counts as an
+/// infinite difference (`f64::max` would silently skip it).
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
     let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                if x.is_nan() && y.is_nan() { 0.0 } else { f64::INFINITY }
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f64::max)
 }
 
 /// The first `rows` rows of a reference tensor (rows along dim 0).
@@ -86,6 +97,13 @@ fn minilm_l6_matches_references() {
 #[test]
 fn gpt_tiny_matches_references() {
     check_model("gpt-tiny", 8);
+}
+
+/// Mixture of experts: routing by TopK/OneHot, each expert's tokens picked by
+/// NonZero (a data-dependent count), gathered, run and scattered back.
+#[test]
+fn moe_tiny_matches_references() {
+    check_model("moe-tiny", 4);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,6 +257,38 @@ fn node_suite_float_subset() {
     assert!(drift.is_empty(), "status drift ({}):\n{}", drift.len(), drift.join("\n"));
 }
 
+/// The MoE dispatch pattern in miniature: the rows of `t` where `x` is
+/// non-zero are picked (a data-dependent count), doubled and written back.
+const PICK: &str = r#"graph @pick(%x: f32[5], %t: f32[5, 3]) -> (%y) {
+  %axes0 = const i64[1] [0]
+  %axes1 = const i64[1] [1]
+  %two = const f32[1] [2.0]
+  %nz = NonZero(%x) : ?
+  %rows = Squeeze(%nz, %axes0) : ?
+  %picked = Gather(%t, %rows) {axis = 0} : ?
+  %upd = Mul(%picked, %two) : ?
+  %col = Unsqueeze(%rows, %axes1) : ?
+  %shape = Shape(%picked) : ?
+  %idx = Expand(%col, %shape) : ?
+  %y = ScatterElements(%t, %idx, %upd) {axis = 0} : ?
+}
+"#;
+
+#[test]
+fn data_dependent_pick_and_scatter_matches_interpreter() {
+    let g = sharc::ir::parse(PICK).unwrap_or_else(|e| panic!("{e}"));
+    let t = Tensor::from_vec(&[5, 3], (0..15).map(|i| i as f32 - 7.0).collect::<Vec<_>>());
+    // No rows, some rows, all rows: the count is 0, 2 and 5.
+    for x in [[0.0f32; 5], [0.0, 1.5, 0.0, -2.0, 0.0], [1.0; 5]] {
+        let inputs = [Tensor::from_vec(&[5], x.to_vec()), t.clone()];
+        let mut exe = MlirCpu::default().compile_for(&g, &inputs).unwrap_or_else(|e| panic!("{e}"));
+        let got = exe.run(&inputs).unwrap();
+        let values: Vec<Value> = inputs.iter().cloned().map(Value::Tensor).collect();
+        let want = sharc::interp::Interpreter::new().evaluate(&g, &values).unwrap();
+        assert_eq!(got[0].to_f64_vec(), want[0].as_tensor().unwrap().to_f64_vec(), "x = {x:?}");
+    }
+}
+
 /// A small MLP block in IR text: matmul + bias + tanh-GELU, then LayerNorm.
 const MLP: &str = r#"graph @mlp(%x: f32[batch, 64]) -> (%y) {
   %w = weight @w : f32[64, 128]
@@ -252,8 +302,13 @@ const MLP: &str = r#"graph @mlp(%x: f32[batch, 64]) -> (%y) {
 "#;
 
 fn mlp_graph() -> sharc::ir::Graph {
+    graph_with_weights(MLP)
+}
+
+/// Parses IR text and gives every weight deterministic small values.
+fn graph_with_weights(text: &str) -> sharc::ir::Graph {
     use sharc::ir::{Tensor, Weight};
-    let mut g = sharc::ir::parse(MLP).unwrap_or_else(|e| panic!("{e}"));
+    let mut g = sharc::ir::parse(text).unwrap_or_else(|e| panic!("{e}"));
     // Deterministic weights: small values that exercise every op.
     let ids: Vec<_> = g.weights.iter().map(|(id, w)| (id, w.shape.clone())).collect();
     for (id, shape) in ids {
@@ -284,6 +339,89 @@ fn mlp_block_fuses_and_matches_interpreter() {
     // sum, variance and normalisation, plus the variance's fill); fusion
     // folds bias + GELU into their consumers.
     assert!(exe.kernels <= 7, "{} kernels", exe.kernels);
+}
+
+/// A pre-LayerNorm transformer block: 4-head self-attention and a GELU MLP,
+/// each with a residual connection.
+const BLOCK: &str = r#"graph @block(%x: f32[seq, 64]) -> (%y) {
+  %g1 = weight @g1 : f32[64]
+  %be1 = weight @be1 : f32[64]
+  %wq = weight @wq : f32[64, 64]
+  %wk = weight @wk : f32[64, 64]
+  %wv = weight @wv : f32[64, 64]
+  %wo = weight @wo : f32[64, 64]
+  %g2 = weight @g2 : f32[64]
+  %be2 = weight @be2 : f32[64]
+  %w1 = weight @w1 : f32[64, 256]
+  %b1 = weight @b1 : f32[256]
+  %w2 = weight @w2 : f32[256, 64]
+  %b2 = weight @b2 : f32[64]
+  %heads = const i64[3] [0, 4, 16]
+  %flat = const i64[2] [0, 64]
+  %scale = const f32[1] [0.25]
+  %h = LayerNormalization(%x, %g1, %be1) {axis = -1, epsilon = 1e-5} : f32[seq, 64]
+  %q = MatMul(%h, %wq) : f32[seq, 64]
+  %k = MatMul(%h, %wk) : f32[seq, 64]
+  %v = MatMul(%h, %wv) : f32[seq, 64]
+  %q3 = Reshape(%q, %heads) : f32[seq, 4, 16]
+  %k3 = Reshape(%k, %heads) : f32[seq, 4, 16]
+  %v3 = Reshape(%v, %heads) : f32[seq, 4, 16]
+  %qh = Transpose(%q3) {perm = [1, 0, 2]} : f32[4, seq, 16]
+  %kh = Transpose(%k3) {perm = [1, 2, 0]} : f32[4, 16, seq]
+  %vh = Transpose(%v3) {perm = [1, 0, 2]} : f32[4, seq, 16]
+  %s = MatMul(%qh, %kh) : f32[4, seq, seq]
+  %ss = Mul(%s, %scale) : f32[4, seq, seq]
+  %p = Softmax(%ss) {axis = -1} : f32[4, seq, seq]
+  %o = MatMul(%p, %vh) : f32[4, seq, 16]
+  %ot = Transpose(%o) {perm = [1, 0, 2]} : f32[seq, 4, 16]
+  %o2 = Reshape(%ot, %flat) : f32[seq, 64]
+  %a = MatMul(%o2, %wo) : f32[seq, 64]
+  %r1 = Add(%x, %a) : f32[seq, 64]
+  %h2 = LayerNormalization(%r1, %g2, %be2) {axis = -1, epsilon = 1e-5} : f32[seq, 64]
+  %m1 = MatMul(%h2, %w1) : f32[seq, 256]
+  %m1b = Add(%m1, %b1) : f32[seq, 256]
+  %ge = Gelu(%m1b) : f32[seq, 256]
+  %m2 = MatMul(%ge, %w2) : f32[seq, 64]
+  %m2b = Add(%m2, %b2) : f32[seq, 64]
+  %y = Add(%r1, %m2b) : f32[seq, 64]
+}
+"#;
+
+/// The kernel count of one transformer block after fusion, by kind, as a
+/// snapshot: a change in fusion shows up as a reviewed diff. The block also
+/// has to match the interpreter.
+#[test]
+fn transformer_block_kernel_count() {
+    let g = graph_with_weights(BLOCK);
+    let dims = sharc::mlir::parse_dims(&["seq=16"]).unwrap();
+    let lowered = sharc::mlir::lower_graph(&g, &dims).unwrap_or_else(|e| panic!("{e}"));
+    let stages = sharc::mlir::compile::cpu_stages(&lowered).unwrap_or_else(|e| panic!("{e}"));
+    if let Ok(dir) = std::env::var("SHARC_MLIR_DUMP") {
+        for (name, text) in &stages {
+            std::fs::write(Path::new(&dir).join(format!("block.{name}.mlir")), text).unwrap();
+        }
+    }
+    let text = |stage: &str| &stages.iter().find(|(n, _)| n == stage).unwrap().1;
+    let before = sharc::mlir::compile::count_kernels(text("tensor"));
+    let after = sharc::mlir::compile::count_kernels(text("fused"));
+    let kinds = sharc::mlir::compile::kernel_stats(text("fused"));
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("  {k}: {n}")).collect();
+    let report = format!(
+        "graph ops in the block: {}\nkernels as lowered: {before}\nkernels after elementwise fusion: {after}\n{}",
+        lowered.lowered_nodes,
+        kinds.join("\n")
+    );
+    println!("{report}");
+    insta::assert_snapshot!("transformer_block_kernels", report);
+    assert!(after < before, "elementwise fusion merged nothing ({before} -> {after})");
+    let x: Vec<f32> = (0..16 * 64).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+    let x = Tensor::from_vec(&[16, 64], x);
+    let mut exe = MlirCpu::default().compile_for(&g, std::slice::from_ref(&x)).unwrap();
+    let got = exe.run(std::slice::from_ref(&x)).unwrap();
+    let want = sharc::interp::Interpreter::new().evaluate(&g, &[Value::Tensor(x)]).unwrap();
+    let err = max_abs_diff(&got[0], want[0].as_tensor().unwrap());
+    println!("transformer block: max abs error vs interp {err:.3e}");
+    assert!(err <= 1e-4, "{err}");
 }
 
 /// Matmul + bias + ReLU: arithmetic only, so its PTX needs no libdevice.

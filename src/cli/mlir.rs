@@ -82,7 +82,8 @@ fn backend_compile(a: &Args, lowered: &sharc::mlir::Lowered) -> Result<(), Error
             println!("// ---- stage: {name} ----\n{text}");
         }
         if name == "fused" {
-            eprintln!("{} kernels after fusion", compile::count_kernels(text));
+            let kinds: Vec<String> = compile::kernel_stats(text).iter().map(|(k, n)| format!("{n} {k}")).collect();
+            eprintln!("{} kernels after fusion ({})", compile::count_kernels(text), kinds.join(", "));
         }
     }
     if let Some(out) = &a.output {

@@ -11,7 +11,9 @@
 
 use crate::MlirError;
 use sharc_interp::ops::{OpContext, run_op};
-use sharc_ir::{DType, Dim, Graph, NodeId, Op, Tensor, Type, Value, ValueRef, infer_shapes};
+use sharc_ir::{
+    DType, Dim, Fact, Graph, NodeId, Op, SymTensor, Tensor, Type, Value, ValueRef, infer_node_facts, infer_shapes,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// Results larger than this many elements are computed at run time instead of
@@ -31,6 +33,11 @@ pub struct Specialised {
     /// Values known at compile time (constants and everything computed from
     /// them and from static shapes alone).
     pub known: HashMap<ValueRef, Tensor>,
+    /// Small integer tensors whose elements are expressions over
+    /// data-dependent dims (the shape of a `NonZero` result, say): known up
+    /// to run-time sizes, so the lowering builds them from those sizes
+    /// instead of running the shape arithmetic.
+    pub sym: HashMap<ValueRef, SymTensor>,
 }
 
 /// A name for a node in messages: its own name, else its first output's.
@@ -100,8 +107,8 @@ pub fn specialise(graph: &Graph, dims: &BTreeMap<String, u64>) -> Result<Special
         }
     }
     infer_shapes(&mut g).map_err(|e| MlirError::Graph(format!("shape inference after specialising: {e}")))?;
-    let known = fold(&g)?;
-    Ok(Specialised { graph: g, known })
+    let (known, sym) = fold(&g)?;
+    Ok(Specialised { graph: g, known, sym })
 }
 
 /// The static shape of a value, or an error naming it.
@@ -130,17 +137,95 @@ pub fn static_shape(g: &Graph, v: ValueRef) -> Result<(DType, Vec<u64>), MlirErr
     Ok((t.dtype, out))
 }
 
-fn fold(g: &Graph) -> Result<HashMap<ValueRef, Tensor>, MlirError> {
+/// Evaluates what is known at compile time. Nodes whose inputs are all
+/// literals run in the interpreter; for the rest, sharc's inference rules
+/// track small integer tensors symbolically (`Shape` of a value with a
+/// data-dependent dim, the arithmetic on it), which gives literals where the
+/// data-dependent part drops out (`Shape(x)[-1]`) and symbolic shape vectors
+/// otherwise.
+/// Literal values, and symbolically known small tensors.
+type Folded = (HashMap<ValueRef, Tensor>, HashMap<ValueRef, SymTensor>);
+
+fn fold(g: &Graph) -> Result<Folded, MlirError> {
     let order = g.topo_order().map_err(|e| MlirError::Graph(e.to_string()))?;
     let mut known: HashMap<ValueRef, Tensor> = HashMap::new();
+    let mut sym: HashMap<ValueRef, SymTensor> = HashMap::new();
     for id in order {
+        fold_concrete(g, id, &mut known)?;
+        fold_symbolic(g, id, &mut known, &mut sym);
+    }
+    Ok((known, sym))
+}
+
+/// Tracks the node's outputs symbolically when the concrete fold did not
+/// evaluate them.
+fn fold_symbolic(g: &Graph, id: NodeId, known: &mut HashMap<ValueRef, Tensor>, sym: &mut HashMap<ValueRef, SymTensor>) {
+    let node = g.node(id);
+    if node.op.is_source() || !node.op.is_pure() || !node.op.subgraphs().is_empty() {
+        return;
+    }
+    let outs: Vec<ValueRef> = (0..node.outputs.len()).map(|p| ValueRef::new(id, p as u32)).collect();
+    if outs.iter().all(|v| known.contains_key(v)) {
+        return;
+    }
+    let inputs = g.node_inputs(id);
+    // Only worth it when some input is a tracked value, or for the ops that
+    // read types only.
+    let reads_type = matches!(node.op, Op::Shape(_) | Op::Size);
+    if !reads_type && !inputs.iter().flatten().any(|v| sym.contains_key(v) || known.contains_key(v)) {
+        return;
+    }
+    let facts: Vec<Option<Fact>> = inputs
+        .iter()
+        .map(|v| {
+            v.map(|v| {
+                if let Some(t) = known.get(&v) {
+                    Fact::of_tensor(t)
+                } else if let Some(s) = sym.get(&v) {
+                    Fact { ty: g.value_info(v).ty.clone(), value: Some(s.clone()) }
+                } else {
+                    Fact::of_type(g.value_info(v).ty.clone())
+                }
+            })
+        })
+        .collect();
+    let names: Vec<&str> = node.outputs.iter().map(|o| o.name.as_str()).collect();
+    let Ok(out) = infer_node_facts(&node.op, &facts, &names) else { return };
+    for (v, fact) in outs.into_iter().zip(out) {
+        let Some(value) = fact.value else { continue };
+        if known.contains_key(&v) {
+            continue;
+        }
+        // The tracked value must describe the graph's (static) type.
+        let ty = &g.value_info(v).ty;
+        let fits = ty.dtype() == Some(value.dtype)
+            && ty.shape().and_then(|s| s.as_fixed()).as_deref() == Some(value.shape.as_slice());
+        if !fits {
+            continue;
+        }
+        match value.to_tensor() {
+            Some(t) => {
+                known.insert(v, t);
+            }
+            None if value.exprs().is_some() => {
+                sym.insert(v, value);
+            }
+            None => {}
+        }
+    }
+}
+
+/// Evaluates a node in the interpreter when all its inputs are literals (and
+/// records shapes, sizes, constants and small weights).
+fn fold_concrete(g: &Graph, id: NodeId, known: &mut HashMap<ValueRef, Tensor>) -> Result<(), MlirError> {
+    {
         let node = g.node(id);
         let v0 = ValueRef::new(id, 0);
         match &node.op {
-            Op::Input => continue,
+            Op::Input => return Ok(()),
             Op::Constant(t) => {
                 known.insert(v0, t.clone());
-                continue;
+                return Ok(());
             }
             Op::Weight(w) => {
                 if let Some(w) = g.weights.get(*w)
@@ -148,7 +233,7 @@ fn fold(g: &Graph) -> Result<HashMap<ValueRef, Tensor>, MlirError> {
                 {
                     known.insert(v0, w.tensor().clone());
                 }
-                continue;
+                return Ok(());
             }
             Op::Shape(a) => {
                 if let Some(src) = g.node_input(id, 0)
@@ -160,7 +245,7 @@ fn fold(g: &Graph) -> Result<HashMap<ValueRef, Tensor>, MlirError> {
                     let vals: Vec<i64> = dims[s..e.max(s)].iter().map(|&d| d as i64).collect();
                     known.insert(v0, Tensor::from_vec(&[vals.len()], vals));
                 }
-                continue;
+                return Ok(());
             }
             Op::Size => {
                 if let Some(src) = g.node_input(id, 0)
@@ -168,14 +253,14 @@ fn fold(g: &Graph) -> Result<HashMap<ValueRef, Tensor>, MlirError> {
                 {
                     known.insert(v0, Tensor::scalar(dims.iter().product::<u64>() as i64));
                 }
-                continue;
+                return Ok(());
             }
-            op if !op.is_pure() || !op.subgraphs().is_empty() => continue,
+            op if !op.is_pure() || !op.subgraphs().is_empty() => return Ok(()),
             _ => {}
         }
         let inputs = g.node_inputs(id);
         if inputs.is_empty() || inputs.iter().flatten().any(|v| !known.contains_key(v)) {
-            continue;
+            return Ok(());
         }
         // Only fold what stays small; the size is static by now.
         let small = node
@@ -183,7 +268,7 @@ fn fold(g: &Graph) -> Result<HashMap<ValueRef, Tensor>, MlirError> {
             .iter()
             .all(|o| o.ty.shape().and_then(|s| s.num_elements()).is_some_and(|n| n as usize <= FOLD_LIMIT));
         if !small {
-            continue;
+            return Ok(());
         }
         let args: Vec<Option<Value>> = inputs.iter().map(|v| v.map(|v| Value::Tensor(known[&v].clone()))).collect();
         let types: Vec<Type> = node.outputs.iter().map(|o| o.ty.clone()).collect();
@@ -198,7 +283,7 @@ fn fold(g: &Graph) -> Result<HashMap<ValueRef, Tensor>, MlirError> {
             }
         }
     }
-    Ok(known)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -232,6 +317,27 @@ mod tests {
         let s = g.outputs()[1].value;
         assert_eq!(sp.known[&s].to_i64_vec().unwrap(), vec![3, 4]);
         assert!(!sp.known.contains_key(&y));
+    }
+
+    #[test]
+    fn shapes_of_data_dependent_values_fold_symbolically() {
+        let mut g = Graph::new("nz");
+        let x = g.add_input("x", Type::tensor(DType::F32, vec![Dim::Fixed(5)]));
+        let nz = g.add_op(Op::NonZero, &[x], Type::Unknown);
+        let s = g.add_op(Op::Shape(sharc_ir::op::ShapeOf { start: 0, end: None }), &[nz], Type::Unknown);
+        let zero = g.add_constant("zero", Tensor::scalar(0i64));
+        let rank = g.add_op(Op::Gather(sharc_ir::op::Gather { axis: 0 }), &[s, zero], Type::Unknown);
+        g.add_output("s", s);
+        g.add_output("rank", rank);
+        let sp = specialise(&g, &BTreeMap::new()).unwrap();
+        // [1, n]: known up to the count, which only the data decide.
+        assert!(!sp.known.contains_key(&s));
+        let sv = &sp.sym[&s];
+        assert_eq!(sv.shape, vec![2]);
+        assert_eq!(sv.exprs().unwrap()[0].as_int(), Some(1));
+        assert!(sv.exprs().unwrap()[1].as_int().is_none());
+        // Its first element is a plain literal.
+        assert_eq!(sp.known[&rank].to_i64_vec().unwrap(), vec![1]);
     }
 
     #[test]
