@@ -12,7 +12,8 @@
 #
 # Environment: SHARC_SHARED_DIR (the models, default ../shared), SHARC_BIN (a
 # sharc built with --features cuda, to skip the build), RUNS (timed runs per
-# backend, default 10; the interpreter runs once), OUT (where outputs go).
+# backend, default 10; the interpreter runs once), OUT (where outputs go),
+# GPU_CHECK_MODELS (default "minilm-l6 gpt-tiny").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${SHARC_SHARED_DIR:-$(cd .. && pwd)/shared}"
@@ -21,7 +22,7 @@ export TABLEGEN_220_PREFIX="${TABLEGEN_220_PREFIX:-$MLIR_SYS_220_PREFIX}"
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 RUNS="${RUNS:-10}"
-MODELS=(minilm-l6 gpt-tiny)
+read -r -a MODELS <<<"${GPU_CHECK_MODELS:-minilm-l6 gpt-tiny}"
 TOLERANCE=1e-4
 
 for m in "${MODELS[@]}"; do
