@@ -22,7 +22,8 @@ if [ "${SHARC_NO_MLIR:-0}" = 1 ]; then
 fi
 export MLIR_SYS_220_PREFIX="${MLIR_SYS_220_PREFIX:-/usr/lib/llvm-22}"
 export TABLEGEN_220_PREFIX="${TABLEGEN_220_PREFIX:-$MLIR_SYS_220_PREFIX}"
-# Only these two test targets link MLIR: the static libraries make every
-# binary that links them large and slow to link.
+# Only these test targets link MLIR (the backend's own tests, the command
+# line's backend selection, the end-to-end tests): the static libraries make
+# every binary that links them large and slow to link.
 cargo test -p sharc-mlir --features cuda "$@"
-cargo test --features cuda --test mlir_backend "$@"
+cargo test --features cuda --bin sharc --test mlir_backend "$@"
