@@ -215,7 +215,8 @@ impl Backend {
         tuning: &Tuning,
     ) -> Result<Prepared<'g>, EvalError> {
         if target != Target::Cpu && self != Backend::Mlir {
-            return Err(EvalError::unsupported(format!(
+            // A usage error, not an unsupported op: no hint about ops.
+            return Err(EvalError::new(format!(
                 "the {} backend runs on the CPU only; --target {} needs --backend mlir",
                 self.name(),
                 target.name()
