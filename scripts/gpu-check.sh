@@ -1,70 +1,100 @@
 #!/usr/bin/env bash
-# One short GPU check of the MLIR backend, for a machine with an NVIDIA GPU.
+# One short check of the MLIR backend on an NVIDIA GPU: builds sharc with the
+# CUDA runner, runs minilm-l6 and gpt-tiny on the GPU against onnxruntime's
+# reference outputs, and times them next to the CPU backends (interpreter,
+# Cranelift, MLIR on the CPU) on the same inputs.
 #
-# 1. Builds sharc with the MLIR backend (needs LLVM/MLIR 22, see README).
-# 2. Compiles minilm-l6 and gpt-tiny (batch 8 x seq 128 / 64) to PTX for the
-#    GPU's own architecture (sm_80 or sm_90).
-# 3. Has the CUDA driver JIT-load every PTX module (cuModuleLoadData through
-#    ctypes: no CUDA toolkit needed), which validates the kernels on the real
-#    hardware and driver, and lists them.
-# 4. Runs both models on the CPU path against onnxruntime's references and
-#    prints the latencies next to the interpreter's.
+# Needs LLVM/MLIR 22 to build (scripts/setup.sh installs it) and, for the GPU
+# steps, an NVIDIA driver and a GPU of compute capability 8.0 or newer; no
+# CUDA toolkit. Everything before the GPU steps runs on any machine, so the
+# script can be checked without a GPU: there it stops before the GPU steps and
+# exits with status 2.
 #
-# What it does not do yet: launch the kernels on the GPU. sharc has no CUDA
-# runner (the `cuda` feature is reserved for it), so the GPU numbers stop at
-# "the driver accepts every kernel".
+# Environment: SHARC_SHARED_DIR (the models, default ../shared), SHARC_BIN (a
+# sharc built with --features cuda, to skip the build), RUNS (timed runs per
+# backend, default 10; the interpreter runs once), OUT (where outputs go),
+# GPU_CHECK_MODELS (default "minilm-l6 gpt-tiny").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${SHARC_SHARED_DIR:-$(pwd)/../shared}"
+SHARED="${SHARC_SHARED_DIR:-$(cd .. && pwd)/shared}"
 export MLIR_SYS_220_PREFIX="${MLIR_SYS_220_PREFIX:-/usr/lib/llvm-22}"
-export TABLEGEN_220_PREFIX="${TABLEGEN_220_PREFIX:-/usr/lib/llvm-22}"
+export TABLEGEN_220_PREFIX="${TABLEGEN_220_PREFIX:-$MLIR_SYS_220_PREFIX}"
 OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+RUNS="${RUNS:-10}"
+read -r -a MODELS <<<"${GPU_CHECK_MODELS:-minilm-l6 gpt-tiny}"
+TOLERANCE=1e-4
 
-echo "== GPU"
-if ! command -v nvidia-smi >/dev/null; then
-  echo "no nvidia-smi: this machine has no NVIDIA driver" >&2
-  exit 1
-fi
-nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader
-CAP="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')"
-case "$CAP" in
-  80|86|87|89) CHIP=sm_80 ;;
-  90*) CHIP=sm_90 ;;
-  *) echo "compute capability $CAP: compiling for sm_80"; CHIP=sm_80 ;;
-esac
+for m in "${MODELS[@]}"; do
+    for f in "$m.onnx" "$m.data.safetensors"; do
+        if [ ! -f "$SHARED/models/$f" ]; then
+            echo "gpu-check: missing $SHARED/models/$f (set SHARC_SHARED_DIR)" >&2
+            exit 1
+        fi
+    done
+done
 
 echo "== build"
-cargo build --release --features mlir --bin sharc
-SHARC=target/release/sharc
+if [ -n "${SHARC_BIN:-}" ]; then
+    SHARC="$SHARC_BIN"
+else
+    start=$(date +%s)
+    cargo build --release --quiet --features cuda --bin sharc
+    SHARC=target/release/sharc
+    echo "built in $(($(date +%s) - start)) s"
+fi
 
-for spec in "minilm-l6 batch=8,seq=128" "gpt-tiny batch=8,seq=64"; do
-  set -- $spec
-  model="$1"; shape="$2"
-  echo "== $model: PTX for $CHIP"
-  start=$(date +%s.%N)
-  "$SHARC" compile "$SHARED/models/$model.onnx" --backend mlir --target cuda --chip "$CHIP" \
-    --shape "$shape" -o "$OUT/$model.ptx"
-  echo "compiled in $(echo "$(date +%s.%N) - $start" | bc) s, $(grep -c '^.visible .entry' "$OUT/$model.ptx") kernels"
-  python3 - "$OUT/$model.ptx" <<'PY'
-import ctypes, sys
-cuda = ctypes.CDLL("libcuda.so.1")
-def check(r, what):
-    if r != 0:
-        name = ctypes.c_char_p()
-        cuda.cuGetErrorName(r, ctypes.byref(name))
-        sys.exit(f"{what} failed: {name.value.decode() if name.value else r}")
-check(cuda.cuInit(0), "cuInit")
-dev = ctypes.c_int(); check(cuda.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
-ctx = ctypes.c_void_p(); check(cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev), "cuCtxCreate")
-ptx = open(sys.argv[1], "rb").read() + b"\0"
-mod = ctypes.c_void_p(); check(cuda.cuModuleLoadData(ctypes.byref(mod), ptx), "cuModuleLoadData (driver JIT of the PTX)")
-names = [l.split("(")[0].split()[-1] for l in ptx.decode().splitlines() if l.startswith(".visible .entry")]
-for n in names:
-    f = ctypes.c_void_p(); check(cuda.cuModuleGetFunction(ctypes.byref(f), mod, n.encode()), f"cuModuleGetFunction {n}")
-print(f"driver loaded all {len(names)} kernels")
-PY
-  echo "== $model: CPU path vs onnxruntime references"
-  "$SHARC" run "$SHARED/models/$model.onnx" --backend mlir --inputs "$SHARED/models/$model.data.safetensors" \
-    --expect "$SHARED/models/$model.data.safetensors" --tolerance 1e-4
-  "$SHARC" run "$SHARED/models/$model.onnx" --backend interp --inputs "$SHARED/models/$model.data.safetensors" 2>&1 | tail -1
+# One result line per (model, backend): status, median and first run time,
+# max difference from the reference.
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+failed=0
+
+# run_model MODEL LABEL RUNS sharc-run-arguments...: runs the model on the
+# reference inputs, compares with the reference outputs, records the times.
+run_model() {
+    local model="$1" label="$2" runs="$3"
+    shift 3
+    local log="$OUT/$model.$label.log"
+    local data="$SHARED/models/$model.data.safetensors"
+    if "$SHARC" run "$SHARED/models/$model.onnx" --inputs "$data" --expect "$data" --tolerance "$TOLERANCE" \
+        --runs "$runs" "$@" >"$log" 2>&1; then
+        status=ok
+    else
+        status=FAIL
+        failed=1
+    fi
+    local time diff
+    time=$(grep -E '^ran ' "$log" | tail -1 || true)
+    diff=$(grep -o 'max abs difference vs [^=]*= [0-9.e+-]*' "$log" | sed 's/.*= //' | sort -g | tail -1 || true)
+    printf '%-10s %-12s %-5s %-60s max|diff| %s\n' "$model" "$label" "$status" "${time:-}" "${diff:--}" |
+        tee -a "$SUMMARY"
+    grep -E '^compiled' "$log" | sed 's/^/    /' || true
+    if [ "$status" = FAIL ]; then
+        sed 's/^/    /' "$log" | tail -5
+    fi
+}
+
+for m in "${MODELS[@]}"; do
+    echo "== $m on the CPU"
+    run_model "$m" interp 1 --backend interp
+    run_model "$m" cranelift "$RUNS" --backend cranelift
+    run_model "$m" mlir-cpu "$RUNS" --backend mlir
 done
+
+echo "== GPU"
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu-check: no NVIDIA GPU or driver here: the GPU steps are skipped" >&2
+    cat "$SUMMARY"
+    exit $((failed ? 1 : 2))
+fi
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+
+for m in "${MODELS[@]}"; do
+    echo "== $m on the GPU"
+    run_model "$m" mlir-cuda "$RUNS" --backend mlir --target cuda
+done
+
+echo "== summary (times: sharc run --runs N, whole batch of the reference data)"
+cat "$SUMMARY"
+exit "$failed"

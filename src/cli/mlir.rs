@@ -1,8 +1,7 @@
-//! The MLIR backend's command-line hooks: `sharc compile --backend mlir` and
-//! the evaluator behind `sharc run --backend mlir`.
+//! The MLIR backend's command-line hook for `sharc compile --backend mlir`
+//! (`sharc run` and `sharc bench` reach it through `backend.rs`).
 
 use sharc::Error;
-use sharc::ir::Evaluator;
 use std::path::PathBuf;
 
 /// What `sharc compile --backend mlir` was asked for (see `compile::Args`).
@@ -92,23 +91,12 @@ fn backend_compile(a: &Args, lowered: &sharc::mlir::Lowered) -> Result<(), Error
     Ok(())
 }
 
+/// The error for MLIR work in a sharc built without the backend.
 #[cfg(not(feature = "mlir"))]
-fn not_built() -> Error {
+pub(super) fn not_built() -> Error {
     Error::Usage(
         "this sharc was built without the MLIR backend: rebuild with `--features mlir` \
          (needs LLVM/MLIR 22, MLIR_SYS_220_PREFIX and TABLEGEN_220_PREFIX)"
             .into(),
     )
-}
-
-/// The evaluator for `sharc run --backend mlir`.
-#[cfg(feature = "mlir")]
-pub fn evaluator() -> Result<Box<dyn Evaluator>, Error> {
-    Ok(Box::new(sharc::mlir::MlirCpu::default()))
-}
-
-/// The evaluator for `sharc run --backend mlir`.
-#[cfg(not(feature = "mlir"))]
-pub fn evaluator() -> Result<Box<dyn Evaluator>, Error> {
-    Err(not_built())
 }

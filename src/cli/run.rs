@@ -1,6 +1,6 @@
 //! `sharc run`: run a model on inputs from a file (or generated ones).
 
-use super::backend::{Backend, Tuning};
+use super::backend::{Backend, Target, Tuning};
 use sharc::Error;
 use sharc::data::{TensorFile, read_safetensors, write_safetensors};
 use sharc::ir::{DType, Dim, Graph, Tensor, Type, Value};
@@ -32,9 +32,18 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f64,
     /// Which backend runs the model: the reference interpreter, or compiled
-    /// code from the Cranelift backend (compiled for the input shapes).
+    /// code from the Cranelift or MLIR backend (compiled for the input shapes).
     #[arg(long, value_enum, default_value_t = Backend::Interp)]
     backend: Backend,
+    /// Where the backend runs the model: the CPU, or an NVIDIA GPU (`cuda`,
+    /// MLIR backend only, in a build with `--features cuda`).
+    #[arg(long, value_enum, default_value_t = Target::Cpu)]
+    target: Target,
+    /// Run the model this many times and report the median and the first
+    /// run's time (the first includes one-time costs: a GPU's driver moves
+    /// the weights to its memory then). Outputs are those of the last run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
@@ -47,14 +56,24 @@ pub fn run(a: Args) -> Result<(), Error> {
         None => generated_inputs(&g, &parse_shape(&a.shape)?, a.fill == "ones")?,
     };
     let eval_err = |e| Error::Eval { model: a.model.clone(), source: e };
-    let prepared = a.backend.prepare(&g, &inputs, &Tuning::default()).map_err(eval_err)?;
+    let prepared = a.backend.prepare_on(a.target, &g, &inputs, &Tuning::default()).map_err(eval_err)?;
     for line in prepared.describe() {
         eprintln!("{line}");
     }
-    let start = std::time::Instant::now();
-    let outputs = prepared.run(&inputs).map_err(eval_err)?;
-    let elapsed = start.elapsed();
-    let backend = a.backend.name();
+    let mut times = Vec::with_capacity(a.runs as usize);
+    let mut outputs = Vec::new();
+    for _ in 0..a.runs {
+        let start = std::time::Instant::now();
+        outputs = prepared.run(&inputs).map_err(eval_err)?;
+        times.push(start.elapsed());
+    }
+    let first = times[0];
+    times.sort();
+    let median = times[times.len() / 2];
+    let backend = match a.target {
+        Target::Cpu => a.backend.name().to_string(),
+        t => format!("{} ({})", a.backend.name(), t.name()),
+    };
     let mut file = TensorFile::default();
     for (o, v) in g.outputs().iter().zip(outputs) {
         match v {
@@ -65,7 +84,16 @@ pub fn run(a: Args) -> Result<(), Error> {
             other => println!("{}: {} (not written)", o.name, other.describe()),
         }
     }
-    eprintln!("ran in {:.1} ms on {backend}", elapsed.as_secs_f64() * 1e3);
+    if a.runs == 1 {
+        eprintln!("ran in {:.1} ms on {backend}", first.as_secs_f64() * 1e3);
+    } else {
+        eprintln!(
+            "ran {} times on {backend}: median {:.3} ms, first {:.3} ms",
+            a.runs,
+            median.as_secs_f64() * 1e3,
+            first.as_secs_f64() * 1e3
+        );
+    }
     if let Some(out) = &a.output {
         write_safetensors(out, &file)?;
     }

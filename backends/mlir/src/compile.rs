@@ -181,7 +181,7 @@ pub fn kernel_stats(fused_text: &str) -> Vec<(String, usize)> {
 
 /// `{rank, descriptor}`: how MLIR passes a memref of any rank to C.
 #[repr(C)]
-struct UnrankedMemRef {
+pub(crate) struct UnrankedMemRef {
     rank: i64,
     descriptor: *const i64,
 }
@@ -190,7 +190,7 @@ struct UnrankedMemRef {
 /// not both contiguous: copies `src` to `dst` element by element following
 /// their strides (descriptor layout `{alloc, aligned, offset, sizes, strides}`).
 /// Implemented here so the JIT needs no MLIR runtime library.
-unsafe extern "C" fn memref_copy(elem_size: i64, src: *const UnrankedMemRef, dst: *const UnrankedMemRef) {
+pub(crate) unsafe extern "C" fn memref_copy(elem_size: i64, src: *const UnrankedMemRef, dst: *const UnrankedMemRef) {
     // SAFETY: MLIR passes valid descriptors of equal rank and sizes.
     unsafe {
         let (s, d) = (&*src, &*dst);
@@ -486,7 +486,7 @@ impl Evaluator for MlirCpu {
 /// grid), map them to blocks and threads, outline one kernel per loop nest,
 /// and expand composite math functions (tanh, sinh...) into exp/log, which
 /// are the only ones that then still need libdevice.
-const GPU_MAP: &str = "builtin.module(one-shot-bufferize{bufferize-function-boundaries \
+pub const GPU_MAP: &str = "builtin.module(one-shot-bufferize{bufferize-function-boundaries \
      function-boundary-type-conversion=identity-layout-map},canonicalize,\
      func.func(convert-linalg-to-parallel-loops,scf-parallel-loop-tiling{parallel-loop-tile-sizes=1,4,32},\
      gpu-map-parallel-loops,convert-parallel-loops-to-gpu),gpu-kernel-outlining,\

@@ -5,7 +5,8 @@
 //! `math` dialects as text ([`lower`]), and, with the cargo feature `mlir`
 //! (which needs LLVM/MLIR 22), compiled through melior: fused on tensors,
 //! bufferized, lowered to LLVM and run by MLIR's ExecutionEngine on the CPU
-//! ([`compile`]).
+//! ([`compile`]), or mapped to GPU kernels and run on an NVIDIA GPU
+//! ([`cuda`]; the CUDA driver itself with the feature `cuda`).
 //!
 //! Without the feature the crate still lowers graphs to MLIR text, so the
 //! lowering is built and tested on machines without LLVM.
@@ -16,6 +17,8 @@ pub mod specialise;
 
 #[cfg(feature = "mlir")]
 pub mod compile;
+#[cfg(feature = "mlir")]
+pub mod cuda;
 
 #[cfg(feature = "mlir")]
 pub use compile::{CpuExecutable, MlirCpu};
