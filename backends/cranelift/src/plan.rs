@@ -189,6 +189,15 @@ struct Home {
     weight: Option<WeightId>,
 }
 
+/// True when two stride lists address the same elements of a `dims`-shaped
+/// domain: a dim of size 1 is never stepped along, so its stride does not
+/// matter (broadcasting gives it 0, a dense layout its row size).
+fn same_layout(a: &[isize], b: &[isize], dims: &[usize]) -> bool {
+    a.len() == dims.len()
+        && b.len() == dims.len()
+        && dims.iter().zip(a.iter().zip(b)).all(|(&d, (x, y))| d == 1 || x == y)
+}
+
 fn static_shape(g: &Graph, v: ValueRef) -> Option<(DType, Vec<usize>)> {
     let ty = g.value_type(v);
     Some((ty.dtype()?, ty.shape()?.as_fixed()?))
@@ -635,7 +644,7 @@ impl<'a> Planner<'a> {
             let [u] = uses[..] else { continue };
             if u >= n_in
                 || args[u].offset != 0
-                || k.inputs[u].strides != dense_strides(&k.dims)
+                || !same_layout(&k.inputs[u].strides, &dense_strides(&k.dims), &k.dims)
                 || *inner != spec.n
                 || *rows != spec.batch_count() * spec.m
             {

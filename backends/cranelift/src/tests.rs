@@ -167,6 +167,40 @@ fn matmul_takes_transposed_weight_as_view_and_fuses_epilogue() {
     assert!(labels[0].starts_with("matmul 5x9x6") && labels[0].contains("+ Add+Relu"), "{labels:?}");
 }
 
+/// A `[batch, seq, hidden]` activation times a weight, batch 1 and 3: the
+/// batch folds into the rows of one product, and the bias + Relu that follow
+/// still run as its epilogue (a size-1 batch dim, which broadcasting gives
+/// stride 0, must not stop that).
+#[test]
+fn batched_activation_times_weight_is_one_product_with_epilogue() {
+    let (seq, k, n) = (4usize, 6usize, 5usize);
+    for batch in [1usize, 3] {
+        let mut g = Graph::new("proj");
+        let x = f32_input(&mut g, "x", &[batch, seq, k]);
+        let wv: Vec<f32> = (0..k * n).map(|i| ((i as f32) * 0.23).sin()).collect();
+        let bias: Vec<f32> = (0..n).map(|i| 0.2 * i as f32 - 0.5).collect();
+        let w = g.add_weight(Weight::from_tensor("w", Tensor::from_vec(&[k, n], wv.clone())));
+        let b = g.add_weight(Weight::from_tensor("b", Tensor::from_vec(&[n], bias.clone())));
+        let p = g.add_op(Op::MatMul, &[x, w], Type::Unknown);
+        let a = g.add_op(Op::Binary(BinaryOp::Add), &[p, b], Type::Unknown);
+        let y = g.add_op(Op::Unary(UnaryOp::Relu), &[a], Type::Unknown);
+        g.add_output("y", y);
+        let c = compile(&g, &CompileOptions { profile: true, threads: Some(2), ..opts() }).expect("compiles");
+        let input: Vec<f32> = (0..batch * seq * k).map(|i| ((i as f32) * 0.7).cos()).collect();
+        let out = values(&c.run(&[Tensor::from_vec(&[batch, seq, k], input.clone())]).unwrap()[0]);
+        for r in 0..batch * seq {
+            for j in 0..n {
+                let dot: f64 = (0..k).map(|l| input[r * k + l] as f64 * wv[l * n + j] as f64).sum();
+                let want = (dot + bias[j] as f64).max(0.0);
+                assert!((out[r * n + j] as f64 - want).abs() < 1e-5, "batch {batch} ({r},{j})");
+            }
+        }
+        let labels: Vec<String> = c.profile().into_iter().map(|e| e.label).collect();
+        let want = format!("matmul {}x{n}x{k} (batch 1) + Add+Relu", batch * seq);
+        assert_eq!(labels, vec![want], "batch {batch}");
+    }
+}
+
 /// Without fusion, a chain of ten elementwise ops gets ten buffers, but
 /// only two are ever alive at once: the arena holds two.
 #[test]
