@@ -15,7 +15,8 @@
 //!   weight), and the elementwise chain that follows runs as an epilogue on
 //!   each block of rows while that block is still in cache;
 //! - **views**: `Reshape`, `Transpose`, `Squeeze`, `Unsqueeze`, `Flatten`,
-//!   `Identity` of f32 data are re-interpretations of a buffer, not copies;
+//!   `Identity` of f32 data are re-interpretations of a buffer, not copies,
+//!   and so is each piece of a `Split`;
 //! - **fallback**: every other op runs through the reference interpreter's
 //!   [`sharc_interp::ops::run_op`], so every model the interpreter runs also
 //!   runs here.
