@@ -1,22 +1,83 @@
 #!/usr/bin/env python3
-"""Prints a markdown table of the JSON results that bench/run.sh wrote."""
+"""Prints a markdown summary of what bench/run.sh wrote into a results folder
+(model rows with peers and ratios, the load average around each row, the top
+of each profile, and the kernel figures next to numpy's), and writes the same
+facts as one JSON file, `summary.json`, in that folder.
+"""
 import json
+import re
 import sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-rows = []
+fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+
+def load_of(name):
+    f = out / f"{name}.load"
+    if not f.exists():
+        return {}
+    return dict(line.split(": ", 1) for line in f.read_text().splitlines() if ": " in line)
+
+
+rows, facts = [], {"rows": {}}
 for f in sorted(out.glob("*.json")):
+    if f.name == "summary.json":
+        continue
     r = json.loads(f.read_text())
     peers = r.get("peers", {})
     ort = peers.get("onnxruntime", {}).get("median_ms")
     tract = peers.get("tract", {}).get("median_ms")
     s = r["median_ms"]
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"
     ratio = lambda p: f"{s / p:.2f}" if isinstance(p, (int, float)) and p > 0 else "-"
-    rows.append(f"| {f.stem} | {fmt(s)} | {fmt(r.get('p90_ms'))} | {fmt(ort)} | {fmt(tract)} | {ratio(ort)} | {ratio(tract)} "
-                f"| {fmt(r.get('compile_ms'))} | {r.get('peak_rss_bytes', 0) / 1e6:.0f} |")
+    load = load_of(f.stem)
+    rows.append(f"| {f.stem} | {r.get('backend', '-')} | {fmt(s)} | {fmt(r.get('p90_ms'))} | {fmt(ort)} | {fmt(tract)} "
+                f"| {ratio(ort)} | {ratio(tract)} | {fmt(r.get('compile_ms'))} | {r.get('peak_rss_bytes', 0) / 1e6:.0f} "
+                f"| {load.get('before', '-')} → {load.get('after', '-')} |")
+    facts["rows"][f.stem] = {**r, "load": load}
+
 print((out / "env.txt").read_text() if (out / "env.txt").exists() else "")
-print("| config | sharc median ms | sharc p90 ms | onnxruntime ms | tract ms | sharc/ORT | sharc/tract | compile ms | peak RSS MB |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| config | backend | sharc median ms | sharc p90 ms | onnxruntime ms | tract ms | sharc/ORT | sharc/tract "
+      "| compile ms | peak RSS MB | load (1/5/15 min) before → after |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 print("\n".join(rows))
+
+profiled = [(k, v) for k, v in facts["rows"].items() if v.get("profile")]
+if profiled:
+    print("\n## Where the time goes (instrumented runs, per run; top entries)\n")
+    for name, r in profiled:
+        total = sum(p["ms_per_run"] for p in r["profile"])
+        print(f"### {name} (profiled total of listed steps {total:.2f} ms)\n")
+        print("| ms/run | share | steps | what |\n|---|---|---|---|")
+        for p in r["profile"][:12]:
+            print(f"| {p['ms_per_run']:.3f} | {100 * p['ms_per_run'] / max(total, 1e-9):.1f}% | {p['steps']} | {p['label']} |")
+        print()
+
+# Kernel figures: sharc's GEMM next to numpy's on the same shapes.
+kern, numpy = out / "kernels.txt", out / "gemm_numpy.txt"
+if kern.exists():
+    sharc_gemm, np_gemm = {}, {}
+    for line in kern.read_text().splitlines():
+        m = re.match(r"\s*(\d+x\d+x\d+x\d+)\s+([\d.]+)\s+([\d.]+)\s+(.*)", line)
+        if m:
+            sharc_gemm[m[1]] = (float(m[2]), float(m[3]), m[4].strip())
+    if numpy.exists():
+        for line in numpy.read_text().splitlines():
+            m = re.match(r"\s*(\d+x\d+x\d+x\d+)\s+numpy\s+([\d.]+)", line)
+            if m:
+                np_gemm[m[1]] = float(m[2])
+    print("## GEMM (GFLOP/s, median; batch x m x n x k)\n")
+    print("| shape | sharc (gemm crate) | sharc (Cranelift kernel) | numpy/OpenBLAS | sharc/numpy | what |")
+    print("|---|---|---|---|---|---|")
+    for shape, (crate, cl, what) in sharc_gemm.items():
+        n = np_gemm.get(shape)
+        print(f"| {shape} | {crate:.1f} | {cl:.1f} | {fmt(n)} | {fmt(crate / n) if n else '-'} | {what} |")
+    facts["gemm"] = {s: {"sharc_crate": v[0], "sharc_cranelift": v[1], "numpy": np_gemm.get(s), "what": v[2]}
+                     for s, v in sharc_gemm.items()}
+    fused = [line.strip() for line in kern.read_text().splitlines() if "GB/s" in line and line.startswith("  ")]
+    if fused:
+        print("\n## Fused kernels\n")
+        for line in fused:
+            print(f"- {line}")
+        facts["fused"] = fused
+(out / "summary.json").write_text(json.dumps(facts, indent=1))

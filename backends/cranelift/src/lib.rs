@@ -10,11 +10,13 @@
 //!   grouped by a fusion planner and compiled into one Cranelift function
 //!   each, vectorised with `f32x4` and with scalar tails;
 //! - **matrix products** (`MatMul`, `Gemm`) run on the `gemm` crate over
-//!   strided views, so transposes and broadcast batch dims cost no copy, and
-//!   the elementwise chain that follows runs as an epilogue on each block of
-//!   rows while that block is still in cache;
+//!   strided views, so transposes and broadcast batch dims cost no copy (an
+//!   activation's batch dims fold into the rows of one product with a shared
+//!   weight), and the elementwise chain that follows runs as an epilogue on
+//!   each block of rows while that block is still in cache;
 //! - **views**: `Reshape`, `Transpose`, `Squeeze`, `Unsqueeze`, `Flatten`,
-//!   `Identity` of f32 data are re-interpretations of a buffer, not copies;
+//!   `Identity` of f32 data are re-interpretations of a buffer, not copies,
+//!   and so is each piece of a `Split`;
 //! - **fallback**: every other op runs through the reference interpreter's
 //!   [`sharc_interp::ops::run_op`], so every model the interpreter runs also
 //!   runs here.

@@ -116,6 +116,22 @@ impl MatMulSpec {
         if want != out_shape {
             return None;
         }
+        // Inner batch dims over which B is shared and A's rows run on from
+        // one matrix to the next (a [batch, seq, hidden] activation times a
+        // weight) fold into m: one tall product instead of many small ones,
+        // so B is packed once per block of rows rather than once per matrix,
+        // and threads split rows of one matrix. Row `b * m + r` of the tall
+        // product is row r of matrix b in A and in the dense output alike.
+        let (mut m, a_rs) = (m, ast[la - 2]);
+        while let (Some(&size), Some(&0), Some(&sa)) = (batch.last(), b_bstrides.last(), a_bstrides.last()) {
+            if sa != m as isize * a_rs {
+                break;
+            }
+            m *= size;
+            batch.pop();
+            a_bstrides.pop();
+            b_bstrides.pop();
+        }
         Some(MatMulSpec {
             batch,
             a_bstrides,
@@ -123,7 +139,7 @@ impl MatMulSpec {
             m,
             n,
             k,
-            a_rs: ast[la - 2],
+            a_rs,
             a_cs: ast[la - 1],
             b_rs: bst[lb - 2],
             b_cs: bst[lb - 1],
@@ -264,6 +280,15 @@ mod tests {
         assert_eq!(s.batch, vec![2, 5]);
         assert_eq!(s.a_bstrides, vec![12, 0]);
         assert_eq!(s.b_bstrides, vec![0, 24]);
+        // A shared weight folds the activation's batch into its rows.
+        let f = MatMulSpec::new(&view(&[8, 128, 384]), &view(&[384, 64]), &[8, 128, 64], false, false, 1.0).unwrap();
+        assert_eq!((f.batch.clone(), f.m, f.a_rs), (vec![], 1024, 384));
+        // A transposed activation does not continue row to row: no fold.
+        let mut t = view(&[8, 384, 128]);
+        t.shape = vec![8, 128, 384];
+        t.strides = vec![384 * 128, 1, 128];
+        let nf = MatMulSpec::new(&t, &view(&[384, 64]), &[8, 128, 64], false, false, 1.0).unwrap();
+        assert_eq!((nf.batch.clone(), nf.m), (vec![8], 128));
         let v = MatMulSpec::new(&view(&[4]), &view(&[4, 6]), &[6], false, false, 1.0).unwrap();
         assert_eq!((v.m, v.n, v.k), (1, 6, 4));
         assert!(MatMulSpec::new(&view(&[3, 4]), &view(&[5, 6]), &[3, 6], false, false, 1.0).is_none());

@@ -189,6 +189,15 @@ struct Home {
     weight: Option<WeightId>,
 }
 
+/// True when two stride lists address the same elements of a `dims`-shaped
+/// domain: a dim of size 1 is never stepped along, so its stride does not
+/// matter (broadcasting gives it 0, a dense layout its row size).
+fn same_layout(a: &[isize], b: &[isize], dims: &[usize]) -> bool {
+    a.len() == dims.len()
+        && b.len() == dims.len()
+        && dims.iter().zip(a.iter().zip(b)).all(|(&d, (x, y))| d == 1 || x == y)
+}
+
 fn static_shape(g: &Graph, v: ValueRef) -> Option<(DType, Vec<usize>)> {
     let ty = g.value_type(v);
     Some((ty.dtype()?, ty.shape()?.as_fixed()?))
@@ -448,7 +457,7 @@ impl<'a> Planner<'a> {
             }
             self.homes.insert(v, home);
         }
-        let groups = if self.opts.fuse { self.form_groups() } else { self.single_groups() };
+        let groups = if self.opts.fuse { self.form_groups_checked() } else { self.single_groups() };
         let mut group_of: HashMap<NodeId, usize> = HashMap::new();
         let mut group_last: HashMap<NodeId, usize> = HashMap::new();
         for (gi, grp) in groups.iter().enumerate() {
@@ -491,7 +500,7 @@ impl<'a> Planner<'a> {
                 }
                 continue;
             }
-            if self.try_view(id) || self.try_matmul(id)? || self.try_gather(id) {
+            if self.try_view(id) || self.try_split(id) || self.try_matmul(id)? || self.try_gather(id) {
                 continue;
             }
             self.emit_fallback(id);
@@ -635,7 +644,7 @@ impl<'a> Planner<'a> {
             let [u] = uses[..] else { continue };
             if u >= n_in
                 || args[u].offset != 0
-                || k.inputs[u].strides != dense_strides(&k.dims)
+                || !same_layout(&k.inputs[u].strides, &dense_strides(&k.dims), &k.dims)
                 || *inner != spec.n
                 || *rows != spec.batch_count() * spec.m
             {
@@ -803,6 +812,54 @@ impl<'a> Planner<'a> {
         true
     }
 
+    /// `Split` of f32 or bool data: each output is a window onto the input
+    /// (an offset along the split axis), so splitting a fused QKV projection
+    /// into Q, K and V copies nothing. The pieces' sizes are read off the
+    /// outputs' inferred shapes, which covers every spelling of the split
+    /// (sizes input, `num_outputs`, or equal parts); anything else (unknown
+    /// shapes, pieces that do not tile the axis) is left to the interpreter.
+    fn try_split(&mut self, id: NodeId) -> bool {
+        let g = self.g;
+        let node = g.node(id);
+        let Op::Split(split) = &node.op else { return false };
+        let Some(x) = g.node_input(id, 0) else { return false };
+        let Some(src) = self.view_of(x) else { return false };
+        let rank = src.shape.len() as i64;
+        let axis = if split.axis < 0 { split.axis + rank } else { split.axis };
+        if !(0..rank).contains(&axis) {
+            return false;
+        }
+        let axis = axis as usize;
+        let mut pieces = Vec::with_capacity(node.outputs.len());
+        let mut start = 0usize;
+        for p in 0..node.outputs.len() {
+            let v = ValueRef::new(id, p as u32);
+            let Some((dt, shape)) = static_shape(g, v) else { return false };
+            if dt != src.dtype
+                || shape.len() != src.shape.len()
+                || shape.iter().zip(&src.shape).enumerate().any(|(d, (a, b))| d != axis && a != b)
+            {
+                return false;
+            }
+            let view = View {
+                offset: src.offset + start as isize * src.strides[axis],
+                shape: shape.clone(),
+                strides: src.strides.clone(),
+                ..src.clone()
+            };
+            start += shape[axis];
+            pieces.push((v, view));
+        }
+        if start != src.shape[axis] {
+            return false;
+        }
+        for (v, view) in pieces {
+            self.homes.insert(v, Home { view: Some(view), ..Home::default() });
+        }
+        self.stats.view_nodes += 1;
+        true
+    }
+
     /// Emits a kernel copying a strided view into a dense arena buffer.
     fn copy_dense(&mut self, src: &View) -> Option<View> {
         if src.dtype != DType::F32 || src.shape.is_empty() {
@@ -953,7 +1010,39 @@ impl<'a> Planner<'a> {
         n.op.is_source() || (0..n.outputs.len()).all(|p| self.sp.consts.contains_key(&ValueRef::new(id, p as u32)))
     }
 
-    fn form_groups(&self) -> Vec<Group> {
+    /// Fusion groups in which every value read outside its group is f32.
+    ///
+    /// Kernels write f32 only, so a mask (a comparison, `Not`, `And`, a cast
+    /// to bool) may be fused only when all its readers end up in the same
+    /// group. Whether they do is known only once groups are formed (a reader
+    /// may join another group, or find this one closed), so a node whose
+    /// mask escapes its group is excluded from fusion and the groups are
+    /// formed again; it then runs on its own (through the interpreter),
+    /// and the nodes around it still fuse. Each round excludes at least one
+    /// more node, so this ends.
+    fn form_groups_checked(&self) -> Vec<Group> {
+        let g = self.g;
+        let mut excluded: HashSet<NodeId> = HashSet::new();
+        loop {
+            let groups = self.form_groups(&excluded);
+            let before = excluded.len();
+            for grp in &groups {
+                for &id in &grp.members {
+                    let out = ValueRef::new(id, 0);
+                    let escapes = g.outputs().iter().any(|o| o.value == out)
+                        || g.users(out).iter().any(|(u, _)| !grp.member_set.contains(u));
+                    if escapes && static_shape(g, out).is_none_or(|t| t.0 != DType::F32) {
+                        excluded.insert(id);
+                    }
+                }
+            }
+            if excluded.len() == before {
+                return groups;
+            }
+        }
+    }
+
+    fn form_groups(&self, excluded: &HashSet<NodeId>) -> Vec<Group> {
         let g = self.g;
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of: HashMap<NodeId, usize> = HashMap::new();
@@ -963,7 +1052,7 @@ impl<'a> Planner<'a> {
             if self.is_folded(id) {
                 continue;
             }
-            let dims = fusible(g, self.sp, id);
+            let dims = if excluded.contains(&id) { None } else { fusible(g, self.sp, id) };
             let ins: Vec<ValueRef> = g.node_inputs(id).into_iter().flatten().collect();
             let mut joined = None;
             if let Some(dims) = &dims {

@@ -167,6 +167,95 @@ fn matmul_takes_transposed_weight_as_view_and_fuses_epilogue() {
     assert!(labels[0].starts_with("matmul 5x9x6") && labels[0].contains("+ Add+Relu"), "{labels:?}");
 }
 
+/// A `[batch, seq, hidden]` activation times a weight, batch 1 and 3: the
+/// batch folds into the rows of one product, and the bias + Relu that follow
+/// still run as its epilogue (a size-1 batch dim, which broadcasting gives
+/// stride 0, must not stop that).
+#[test]
+fn batched_activation_times_weight_is_one_product_with_epilogue() {
+    let (seq, k, n) = (4usize, 6usize, 5usize);
+    for batch in [1usize, 3] {
+        let mut g = Graph::new("proj");
+        let x = f32_input(&mut g, "x", &[batch, seq, k]);
+        let wv: Vec<f32> = (0..k * n).map(|i| ((i as f32) * 0.23).sin()).collect();
+        let bias: Vec<f32> = (0..n).map(|i| 0.2 * i as f32 - 0.5).collect();
+        let w = g.add_weight(Weight::from_tensor("w", Tensor::from_vec(&[k, n], wv.clone())));
+        let b = g.add_weight(Weight::from_tensor("b", Tensor::from_vec(&[n], bias.clone())));
+        let p = g.add_op(Op::MatMul, &[x, w], Type::Unknown);
+        let a = g.add_op(Op::Binary(BinaryOp::Add), &[p, b], Type::Unknown);
+        let y = g.add_op(Op::Unary(UnaryOp::Relu), &[a], Type::Unknown);
+        g.add_output("y", y);
+        let c = compile(&g, &CompileOptions { profile: true, threads: Some(2), ..opts() }).expect("compiles");
+        let input: Vec<f32> = (0..batch * seq * k).map(|i| ((i as f32) * 0.7).cos()).collect();
+        let out = values(&c.run(&[Tensor::from_vec(&[batch, seq, k], input.clone())]).unwrap()[0]);
+        for r in 0..batch * seq {
+            for j in 0..n {
+                let dot: f64 = (0..k).map(|l| input[r * k + l] as f64 * wv[l * n + j] as f64).sum();
+                let want = (dot + bias[j] as f64).max(0.0);
+                assert!((out[r * n + j] as f64 - want).abs() < 1e-5, "batch {batch} ({r},{j})");
+            }
+        }
+        let labels: Vec<String> = c.profile().into_iter().map(|e| e.label).collect();
+        let want = format!("matmul {}x{n}x{k} (batch 1) + Add+Relu", batch * seq);
+        assert_eq!(labels, vec![want], "batch {batch}");
+    }
+}
+
+/// A mask computed in one fused group but read by a `Where` that had to
+/// start a group of its own (an interpreted `CumSum` read the first group,
+/// closing it) is left out of fusion, since kernels write f32 only, instead
+/// of failing compilation; the result still matches.
+#[test]
+fn mask_read_outside_its_kernel_is_not_fused() {
+    let mut g = Graph::new("mask");
+    let x = f32_input(&mut g, "x", &[3, 4]);
+    let zero = g.add_weight(Weight::from_tensor("zero", Tensor::from_vec(&[1], vec![0.0f32])));
+    let axis = g.add_constant("axis", Tensor::from_vec(&[], vec![1i64]));
+    let neg = g.add_op(Op::Unary(UnaryOp::Neg), &[x], Type::Unknown);
+    let pos = g.add_op(Op::Binary(BinaryOp::Greater), &[neg, zero], Type::Unknown);
+    let cs = g.add_op(Op::CumSum(Cumulative { exclusive: false, reverse: false }), &[neg, axis], Type::Unknown);
+    let y = g.add_op(Op::Where, &[pos, cs, zero], Type::Unknown);
+    g.add_output("y", y);
+    let c = compile(&g, &opts()).expect("compiles");
+    assert_eq!(c.stats().fallback_ops.iter().find(|(o, _)| o == "Greater").map(|(_, n)| *n), Some(1));
+    let input: Vec<f32> = (0..12).map(|i| i as f32 - 5.5).collect();
+    let out = values(&c.run(&[Tensor::from_vec(&[3, 4], input.clone())]).unwrap()[0]);
+    let mut want = Vec::new();
+    for r in 0..3 {
+        let mut acc = 0.0f32;
+        for j in 0..4 {
+            let v = -input[r * 4 + j];
+            acc += v;
+            want.push(if v > 0.0 { acc } else { 0.0 });
+        }
+    }
+    assert_eq!(out, want);
+}
+
+/// `Split` into unequal pieces along the last axis is a set of views: no
+/// step runs for it, and each piece feeds its consumer with the right values.
+#[test]
+fn split_is_views_into_its_input() {
+    let mut g = Graph::new("split");
+    let x = f32_input(&mut g, "x", &[2, 6]);
+    let sizes = g.add_constant("sizes", Tensor::from_vec(&[2], vec![2i64, 4]));
+    let sp = g.add_node(
+        Op::Split(sharc_ir::op::Split { axis: -1, num_outputs: None }),
+        "split",
+        &[Some(x), Some(sizes)],
+        vec![sharc_ir::ValueInfo::new("s0", Type::Unknown), sharc_ir::ValueInfo::new("s1", Type::Unknown)],
+    );
+    let a = g.add_op(Op::Unary(UnaryOp::Neg), &[sharc_ir::ValueRef::new(sp, 0)], Type::Unknown);
+    g.add_output("a", a);
+    g.add_output("b", sharc_ir::ValueRef::new(sp, 1));
+    let c = compile(&g, &opts()).expect("compiles");
+    assert_eq!((c.stats().fallback_nodes, c.stats().view_nodes), (0, 1), "{:?}", c.stats());
+    let input: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let out = c.run(&[Tensor::from_vec(&[2, 6], input)]).unwrap();
+    assert_eq!(values(&out[0]), vec![-0.0, -1.0, -6.0, -7.0]);
+    assert_eq!(values(&out[1]), vec![2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 11.0]);
+}
+
 /// Without fusion, a chain of ten elementwise ops gets ten buffers, but
 /// only two are ever alive at once: the arena holds two.
 #[test]
