@@ -256,7 +256,8 @@ impl Buf {
     }
 }
 
-fn byte_size(dt: DType, shape: &[u64]) -> Result<usize, MlirError> {
+/// Bytes of a dense tensor of `dt` and `shape` (bools take a byte each).
+pub(crate) fn byte_size(dt: DType, shape: &[u64]) -> Result<usize, MlirError> {
     let n: u64 = shape.iter().product();
     let w = match dt {
         DType::Bool => 8,
@@ -267,7 +268,7 @@ fn byte_size(dt: DType, shape: &[u64]) -> Result<usize, MlirError> {
 
 /// A memref descriptor as MLIR's C interface lays it out:
 /// `{allocated, aligned, offset, sizes[rank], strides[rank]}`.
-fn descriptor(ptr: *mut u8, shape: &[u64]) -> Vec<i64> {
+pub(crate) fn descriptor(ptr: *mut u8, shape: &[u64]) -> Vec<i64> {
     let mut d = vec![ptr as i64, ptr as i64, 0];
     d.extend(shape.iter().map(|&s| s as i64));
     let mut strides = vec![1i64; shape.len()];

@@ -32,7 +32,7 @@
 //! memory the device can reach.
 
 use crate::MlirError;
-use crate::compile::{CPU_STAGES, GPU_MAP, Mlir, describe_kernels, memref_copy};
+use crate::compile::{CPU_STAGES, GPU_MAP, Mlir, byte_size, describe_kernels, descriptor, memref_copy};
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
 use mlir_sys::{
     MlirExecutionEngine, MlirStringRef, mlirExecutionEngineCreate, mlirExecutionEngineDestroy,
@@ -468,28 +468,6 @@ fn libdevice_calls(text: &str) -> Vec<&str> {
     let set: std::collections::BTreeSet<&str> =
         text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("__nv_")).collect();
     set.into_iter().collect()
-}
-
-fn byte_size(dt: DType, shape: &[u64]) -> Result<usize, MlirError> {
-    let n: u64 = shape.iter().product();
-    let w = match dt {
-        DType::Bool => 8,
-        _ => dt.bit_width().ok_or_else(|| MlirError::Run(format!("{dt} has no fixed width")))?,
-    };
-    Ok(n as usize * w.div_ceil(8))
-}
-
-/// `{allocated, aligned, offset, sizes[rank], strides[rank]}` for a
-/// contiguous buffer.
-fn descriptor(ptr: *mut u8, shape: &[u64]) -> Vec<i64> {
-    let mut d = vec![ptr as i64, ptr as i64, 0];
-    d.extend(shape.iter().map(|&s| s as i64));
-    let mut strides = vec![1i64; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1] as i64;
-    }
-    d.extend(strides);
-    d
 }
 
 /// A graph compiled for a GPU: the host code in MLIR's ExecutionEngine, the
