@@ -39,7 +39,7 @@ use mlir_sys::{
     mlirExecutionEngineInitialize, mlirExecutionEngineInvokePacked, mlirExecutionEngineLookup,
     mlirExecutionEngineRegisterSymbol,
 };
-use sharc_ir::{DType, Graph, Tensor};
+use sharc_ir::{Graph, Tensor};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, c_char, c_void};
@@ -838,7 +838,7 @@ mod real {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sharc_ir::{Dim, Op, Type};
+    use sharc_ir::{DType, Dim, Op, Type};
     use std::cell::RefCell;
     use std::rc::Rc;
 
