@@ -247,3 +247,19 @@ fn a_missing_weight_file_is_warned_about() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }
+
+#[test]
+fn input_tensors_the_model_does_not_take_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write(dir.path(), "add.sharc", ADD);
+    let file = tensors(
+        dir.path(),
+        "in.safetensors",
+        &[("x", f32s(&[2, 3])), ("y", f32s(&[2, 3])), ("sum", f32s(&[2, 3])), ("z", f32s(&[2, 3]))],
+    );
+    let out = sharc(&["run", s(&model), "--inputs", s(&file)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // `sum` is an output (expected values may share the file); `z` is unused.
+    assert!(stderr.contains("not used: z\n"), "{stderr}");
+}

@@ -157,6 +157,23 @@ fn summary(t: &Tensor) -> String {
 
 pub(crate) fn inputs_from_file(g: &Graph, path: &Path) -> Result<Vec<Value>, Error> {
     let file = read_safetensors(path)?;
+    // Tensors named like an output are expected values kept beside the
+    // inputs (the same file serves --expect); any other name the graph does
+    // not take is likely a misspelt or renamed input, so say it is unused.
+    let known: std::collections::BTreeSet<&str> = g
+        .input_values()
+        .iter()
+        .map(|&v| g.value_info(v).name.as_str())
+        .chain(g.outputs().iter().map(|o| o.name.as_str()))
+        .collect();
+    let unused: Vec<&str> = file.tensors.keys().map(String::as_str).filter(|n| !known.contains(n)).collect();
+    if !unused.is_empty() {
+        eprintln!(
+            "note: {}: tensors that are neither inputs nor outputs of the model are not used: {}",
+            path.display(),
+            unused.join(", ")
+        );
+    }
     let mut syms = BTreeMap::new();
     g.input_values()
         .iter()
