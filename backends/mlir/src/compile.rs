@@ -256,6 +256,14 @@ impl Buf {
     }
 }
 
+/// A weight's data as little-endian bytes, the layout both executables
+/// hand to the compiled code.
+pub(crate) fn weight_bytes(graph: &Graph, w: sharc_ir::WeightId, name: &str) -> Result<Vec<u8>, MlirError> {
+    let wt =
+        graph.weights.get(w).ok_or_else(|| MlirError::Graph(format!("weight '{name}' is missing from the store")))?;
+    wt.tensor().to_le_bytes().ok_or_else(|| MlirError::Graph(format!("weight '{name}' has no byte form")))
+}
+
 /// Bytes of a dense tensor of `dt` and `shape` (bools take a byte each).
 pub(crate) fn byte_size(dt: DType, shape: &[u64]) -> Result<usize, MlirError> {
     let n: u64 = shape.iter().product();
@@ -315,15 +323,7 @@ impl CpuExecutable {
         let mut weights = Vec::new();
         for a in &lowered.args {
             if let ArgKind::Weight(w) = a.kind {
-                let wt = graph
-                    .weights
-                    .get(w)
-                    .ok_or_else(|| MlirError::Graph(format!("weight '{}' is missing from the store", a.name)))?;
-                let bytes = wt
-                    .tensor()
-                    .to_le_bytes()
-                    .ok_or_else(|| MlirError::Graph(format!("weight '{}' has no byte form", a.name)))?;
-                weights.push(Buf::from_bytes(&bytes));
+                weights.push(Buf::from_bytes(&weight_bytes(graph, w, &a.name)?));
             }
         }
         Ok(CpuExecutable { engine, args: lowered.args.clone(), weights, kernels })

@@ -32,7 +32,7 @@
 //! memory the device can reach.
 
 use crate::MlirError;
-use crate::compile::{CPU_STAGES, GPU_MAP, Mlir, byte_size, describe_kernels, descriptor, memref_copy};
+use crate::compile::{CPU_STAGES, GPU_MAP, Mlir, byte_size, describe_kernels, descriptor, memref_copy, weight_bytes};
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
 use mlir_sys::{
     MlirExecutionEngine, MlirStringRef, mlirExecutionEngineCreate, mlirExecutionEngineDestroy,
@@ -544,14 +544,7 @@ impl GpuExecutable {
         };
         for a in &lowered.args {
             if let ArgKind::Weight(w) = a.kind {
-                let wt = graph
-                    .weights
-                    .get(w)
-                    .ok_or_else(|| MlirError::Graph(format!("weight '{}' is missing from the store", a.name)))?;
-                let bytes = wt
-                    .tensor()
-                    .to_le_bytes()
-                    .ok_or_else(|| MlirError::Graph(format!("weight '{}' has no byte form", a.name)))?;
+                let bytes = weight_bytes(graph, w, &a.name)?;
                 let p = exe.upload(&bytes).map_err(|e| MlirError::Run(format!("weight '{}': {e}", a.name)))?;
                 exe.weights.push(p);
             }
