@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{bail, format_err};
 
 fn fact(spec: &str) -> TractResult<(DatumType, Vec<usize>)> {
     let (dt, dims) = spec.split_once(':').ok_or_else(|| format_err!("input spec '{spec}' is not TYPE:DxD"))?;
