@@ -264,6 +264,32 @@ pub(crate) fn weight_bytes(graph: &Graph, w: sharc_ir::WeightId, name: &str) -> 
     wt.tensor().to_le_bytes().ok_or_else(|| MlirError::Graph(format!("weight '{name}' has no byte form")))
 }
 
+/// Checks that `inputs` are one tensor per graph input with the dtype and
+/// shape the executable was compiled for (both executables take only those).
+pub(crate) fn check_inputs(args: &[ArgSpec], inputs: &[Tensor]) -> Result<(), MlirError> {
+    let n_in = args.iter().filter(|a| matches!(a.kind, ArgKind::Input(_))).count();
+    if inputs.len() != n_in {
+        return Err(MlirError::Run(format!("the model takes {n_in} inputs, {} were given", inputs.len())));
+    }
+    for a in args {
+        if let ArgKind::Input(i) = a.kind {
+            let t = &inputs[i];
+            let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+            if t.dtype() != a.dtype || shape != a.shape {
+                return Err(MlirError::Run(format!(
+                    "input '{}' must be {}{:?} (as compiled), got {}{:?}",
+                    a.name,
+                    a.dtype,
+                    a.shape,
+                    t.dtype(),
+                    shape
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Bytes of a dense tensor of `dt` and `shape` (bools take a byte each).
 pub(crate) fn byte_size(dt: DType, shape: &[u64]) -> Result<usize, MlirError> {
     let n: u64 = shape.iter().product();
@@ -332,27 +358,13 @@ impl CpuExecutable {
     /// Runs on one tensor per graph input (shapes and dtypes must match the
     /// ones compiled for) and returns one tensor per graph output.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, MlirError> {
-        let n_in = self.args.iter().filter(|a| matches!(a.kind, ArgKind::Input(_))).count();
-        if inputs.len() != n_in {
-            return Err(MlirError::Run(format!("the model takes {n_in} inputs, {} were given", inputs.len())));
-        }
+        check_inputs(&self.args, inputs)?;
         let mut in_bufs = Vec::new();
         let mut out_bufs = Vec::new();
         for a in &self.args {
             match a.kind {
                 ArgKind::Input(i) => {
                     let t = &inputs[i];
-                    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-                    if t.dtype() != a.dtype || shape != a.shape {
-                        return Err(MlirError::Run(format!(
-                            "input '{}' must be {}{:?} (as compiled), got {}{:?}",
-                            a.name,
-                            a.dtype,
-                            a.shape,
-                            t.dtype(),
-                            shape
-                        )));
-                    }
                     let bytes = t
                         .to_le_bytes()
                         .ok_or_else(|| MlirError::Run(format!("input '{}' has no byte form", a.name)))?;

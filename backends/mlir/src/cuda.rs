@@ -32,7 +32,9 @@
 //! memory the device can reach.
 
 use crate::MlirError;
-use crate::compile::{CPU_STAGES, GPU_MAP, Mlir, byte_size, describe_kernels, descriptor, memref_copy, weight_bytes};
+use crate::compile::{
+    CPU_STAGES, GPU_MAP, Mlir, byte_size, check_inputs, describe_kernels, descriptor, memref_copy, weight_bytes,
+};
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
 use mlir_sys::{
     MlirExecutionEngine, MlirStringRef, mlirExecutionEngineCreate, mlirExecutionEngineDestroy,
@@ -571,26 +573,7 @@ impl GpuExecutable {
     /// Runs on one tensor per graph input (shapes and dtypes as compiled for)
     /// and returns one tensor per graph output.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, MlirError> {
-        let n_in = self.args.iter().filter(|a| matches!(a.kind, ArgKind::Input(_))).count();
-        if inputs.len() != n_in {
-            return Err(MlirError::Run(format!("the model takes {n_in} inputs, {} were given", inputs.len())));
-        }
-        for a in &self.args {
-            if let ArgKind::Input(i) = a.kind {
-                let t = &inputs[i];
-                let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-                if t.dtype() != a.dtype || shape != a.shape {
-                    return Err(MlirError::Run(format!(
-                        "input '{}' must be {}{:?} (as compiled), got {}{:?}",
-                        a.name,
-                        a.dtype,
-                        a.shape,
-                        t.dtype(),
-                        shape
-                    )));
-                }
-            }
-        }
+        check_inputs(&self.args, inputs)?;
         self.runtime.launches = 0;
         let runtime = &mut *self.runtime;
         // Inputs and outputs are allocated as part of the run, so their
