@@ -612,6 +612,22 @@ impl Graph {
             if !node.op.is_source() {
                 s.compute_nodes += 1;
             }
+            // Bodies of If/Loop/Scan: their nodes are counted apart (they run
+            // a data-dependent number of times), their parameters with the
+            // rest (they are stored like any other).
+            for body in node.op.subgraphs() {
+                let b = body.0.stats();
+                s.subgraphs += 1 + b.subgraphs;
+                s.subgraph_nodes += b.nodes + b.subgraph_nodes;
+                for (op, count) in b.op_histogram.iter().chain(&b.subgraph_op_histogram) {
+                    *s.subgraph_op_histogram.entry(op.clone()).or_default() += count;
+                }
+                s.total_params += b.total_params;
+                s.total_bytes += b.total_bytes;
+                s.unique_params += b.unique_params;
+                s.unique_bytes += b.unique_bytes;
+                s.unique_weights += b.unique_weights;
+            }
             if let Op::Weight(id) = node.op
                 && let Some(w) = self.weights.get(id)
             {
@@ -626,24 +642,6 @@ impl Graph {
             }
         }
         s.nodes = self.dag.node_count();
-        // Bodies of If/Loop/Scan: their nodes are counted apart (they run a
-        // data-dependent number of times), their parameters with the rest
-        // (they are stored like any other).
-        for n in self.dag.node_indices() {
-            for body in self.dag[n].op.subgraphs() {
-                let b = body.0.stats();
-                s.subgraphs += 1 + b.subgraphs;
-                s.subgraph_nodes += b.nodes + b.subgraph_nodes;
-                for (op, count) in b.op_histogram.iter().chain(&b.subgraph_op_histogram) {
-                    *s.subgraph_op_histogram.entry(op.clone()).or_default() += count;
-                }
-                s.total_params += b.total_params;
-                s.total_bytes += b.total_bytes;
-                s.unique_params += b.unique_params;
-                s.unique_bytes += b.unique_bytes;
-                s.unique_weights += b.unique_weights;
-            }
-        }
         s
     }
 }

@@ -188,24 +188,16 @@ pub fn run(a: Args) -> Result<(), Error> {
     let (calib, eval, total_rows) = match &a.calib {
         None => (Vec::new(), Vec::new(), 0),
         Some(path) => {
-            let file = read_safetensors(path)?;
-            let data_err = |e: sharc_passes::analysis::calibration::CalibrationError| Error::Data {
-                path: path.clone(),
-                message: e.to_string(),
-            };
-            let mut n = row_count(&original, &file.tensors).map_err(data_err)?;
+            let data = CalibrationFile::read(&original, path)?;
+            let mut n = data.rows;
             if a.max_rows > 0 {
                 n = n.min(a.max_rows);
             }
             let held =
                 if a.holdout > 0.0 && n >= 2 { ((n as f64 * a.holdout).round() as usize).clamp(1, n - 1) } else { 0 };
             let split = n - held;
-            let calib = make_batches(&original, &file.tensors, 0..split, a.batch_size).map_err(data_err)?;
-            let eval = if held > 0 {
-                make_batches(&original, &file.tensors, split..n, a.batch_size).map_err(data_err)?
-            } else {
-                calib.clone()
-            };
+            let calib = data.batches(&original, 0..split, a.batch_size)?;
+            let eval = if held > 0 { data.batches(&original, split..n, a.batch_size)? } else { calib.clone() };
             (calib, eval, n)
         }
     };
@@ -304,6 +296,38 @@ pub fn run(a: Args) -> Result<(), Error> {
 }
 
 /// Rows in a batch: dim 0 of its first tensor.
+/// A calibration file read against a graph: its tensors and how many rows
+/// they hold. Shared by `sharc compress` and `sharc opt --calib`.
+pub(super) struct CalibrationFile {
+    path: PathBuf,
+    file: sharc::data::TensorFile,
+    /// Rows in the file (the graph inputs' common first dim).
+    pub rows: usize,
+}
+
+impl CalibrationFile {
+    /// Reads `path` and counts its rows for `g`'s inputs.
+    pub fn read(g: &sharc::ir::Graph, path: &Path) -> Result<CalibrationFile, Error> {
+        let file = read_safetensors(path)?;
+        let rows = row_count(g, &file.tensors).map_err(|e| data_error(path, e))?;
+        Ok(CalibrationFile { path: path.to_path_buf(), file, rows })
+    }
+
+    /// Rows `rows` as batches of at most `batch_size`, one value per graph input.
+    pub fn batches(
+        &self,
+        g: &sharc::ir::Graph,
+        rows: std::ops::Range<usize>,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<sharc::ir::Value>>, Error> {
+        make_batches(g, &self.file.tensors, rows, batch_size).map_err(|e| data_error(&self.path, e))
+    }
+}
+
+fn data_error(path: &Path, e: sharc_passes::analysis::calibration::CalibrationError) -> Error {
+    Error::Data { path: path.to_path_buf(), message: e.to_string() }
+}
+
 fn rows_of(batch: &[sharc::ir::Value]) -> usize {
     batch.first().and_then(|v| v.as_tensor()).and_then(|t| t.shape().first().copied()).unwrap_or(0)
 }

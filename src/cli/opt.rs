@@ -98,14 +98,8 @@ pub fn run(a: Args) -> Result<(), Error> {
     let calib = match &a.calib {
         None => Vec::new(),
         Some(path) => {
-            let file = sharc::data::read_safetensors(path)?;
-            let data_err = |e: sharc::passes::analysis::calibration::CalibrationError| Error::Data {
-                path: path.clone(),
-                message: e.to_string(),
-            };
-            let rows = sharc::passes::analysis::calibration::row_count(&g, &file.tensors).map_err(data_err)?;
-            sharc::passes::analysis::calibration::make_batches(&g, &file.tensors, 0..rows, a.batch_size.max(1))
-                .map_err(data_err)?
+            let data = super::compress::CalibrationFile::read(&g, path)?;
+            data.batches(&g, 0..data.rows, a.batch_size.max(1))?
         }
     };
     let mut cx = PassContext::with_evaluator(&evaluator);
