@@ -13,7 +13,10 @@
 # Environment: SHARC_SHARED_DIR (the models, default ../shared), SHARC_BIN (a
 # sharc built with --features cuda, to skip the build), RUNS (timed runs per
 # backend, default 10; the interpreter runs once), OUT (where outputs go),
-# GPU_CHECK_MODELS (default "minilm-l6 gpt-tiny").
+# GPU_CHECK_MODELS (default "minilm-l6 gpt-tiny"), CPU_BACKENDS (the CPU
+# backends to time beside the GPU, default "interp cranelift mlir").
+# scripts/gpu-bundle.sh packs a prebuilt sharc, its libraries, libdevice and
+# the models for a GPU machine without Rust or LLVM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${SHARC_SHARED_DIR:-$(cd .. && pwd)/shared}"
@@ -23,6 +26,7 @@ OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 RUNS="${RUNS:-10}"
 read -r -a MODELS <<<"${GPU_CHECK_MODELS:-minilm-l6 gpt-tiny}"
+read -r -a CPU_BACKENDS <<<"${CPU_BACKENDS:-interp cranelift mlir}"
 TOLERANCE=1e-4
 
 for m in "${MODELS[@]}"; do
@@ -77,9 +81,17 @@ run_model() {
 
 for m in "${MODELS[@]}"; do
     echo "== $m on the CPU"
-    run_model "$m" interp 1 --backend interp
-    run_model "$m" cranelift "$RUNS" --backend cranelift
-    run_model "$m" mlir-cpu "$RUNS" --backend mlir
+    for b in "${CPU_BACKENDS[@]}"; do
+        case "$b" in
+        interp) run_model "$m" interp 1 --backend interp ;;
+        cranelift) run_model "$m" cranelift "$RUNS" --backend cranelift ;;
+        mlir) run_model "$m" mlir-cpu "$RUNS" --backend mlir ;;
+        *)
+            echo "gpu-check: unknown CPU backend '$b' in CPU_BACKENDS (interp, cranelift, mlir)" >&2
+            exit 1
+            ;;
+        esac
+    done
 done
 
 echo "== GPU"

@@ -90,7 +90,36 @@ install_llvm() {
     fi
 }
 
+# CUDA's libdevice (a 0.5 MB bitcode file of math functions) lets the MLIR
+# backend's GPU path compile exp, erf, sqrt... into self-contained PTX, and
+# lets the tests check that on machines without CUDA. Without a CUDA toolkit
+# it is taken from pip's CUDA compiler package (pinned, so the file does not
+# change under the tests) into the cache scripts/test.sh points
+# SHARC_LIBDEVICE at.
+LIBDEVICE_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/sharc/libdevice.10.bc"
+fetch_libdevice() {
+    [ -f "$LIBDEVICE_CACHE" ] && return 0
+    echo "setup: fetching CUDA's libdevice.10.bc (pip's nvidia-cuda-nvcc-cu12) into $LIBDEVICE_CACHE"
+    local tmp
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        -d "$tmp" "nvidia-cuda-nvcc-cu12==12.9.86"
+    mkdir -p "$(dirname "$LIBDEVICE_CACHE")"
+    python3 - "$tmp" "$LIBDEVICE_CACHE" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc")
+tmp = sys.argv[2] + ".part"
+with open(tmp, "wb") as f:
+    f.write(data)
+os.replace(tmp, sys.argv[2])
+PY
+    rm -rf "$tmp"
+}
+
 if [ "${SHARC_NO_MLIR:-0}" != 1 ]; then
+    fetch_libdevice
     install_llvm
     prefix="${MLIR_SYS_220_PREFIX:-/usr/lib/llvm-22}"
     if [ ! -x "$prefix/bin/llvm-config" ] || [ ! -x "$prefix/bin/mlir-tblgen" ]; then

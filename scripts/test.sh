@@ -22,6 +22,10 @@ if [ "${SHARC_NO_MLIR:-0}" = 1 ]; then
 fi
 export MLIR_SYS_220_PREFIX="${MLIR_SYS_220_PREFIX:-/usr/lib/llvm-22}"
 export TABLEGEN_220_PREFIX="${TABLEGEN_220_PREFIX:-$MLIR_SYS_220_PREFIX}"
+# The libdevice scripts/setup.sh fetched, unless one is named already: the
+# GPU path's math tests then run rather than skip.
+export SHARC_LIBDEVICE="${SHARC_LIBDEVICE:-${XDG_CACHE_HOME:-$HOME/.cache}/sharc/libdevice.10.bc}"
+export SHARC_REQUIRE_LIBDEVICE=1
 # Only these test targets link MLIR (the backend's own tests, the command
 # line's backend selection, the end-to-end tests): the static libraries make
 # every binary that links them large and slow to link.

@@ -4,6 +4,7 @@
 
 use crate::MlirError;
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
+use crate::nvvm::NvvmTarget;
 use melior::dialect::DialectRegistry;
 use melior::ir::Module;
 use melior::pass::PassManager;
@@ -519,15 +520,15 @@ pub struct GpuModule {
 /// Compiles a lowered graph for an NVIDIA GPU of architecture `chip`
 /// (`sm_80`, `sm_90`) down to PTX. Needs neither CUDA nor a GPU: LLVM's
 /// NVPTX backend writes the PTX (`format=isa`). Kernels with only arithmetic
-/// need nothing else; transcendental math (exp, erf, sqrt...) lowers to
-/// libdevice calls, which are reported by name as an error because no
-/// libdevice is linked.
+/// need nothing else; transcendental math (exp, erf, sqrt...) needs CUDA's
+/// libdevice, which is linked in when found and named in the error when not
+/// (see [`crate::nvvm`]).
 pub fn gpu_compile(lowered: &Lowered, chip: &str) -> Result<GpuModule, MlirError> {
-    let features = match chip {
-        "sm_80" => "+ptx70",
-        "sm_90" => "+ptx80",
-        other => return Err(MlirError::Run(format!("unknown GPU architecture '{other}' (sm_80 or sm_90)"))),
-    };
+    gpu_compile_for(lowered, &NvvmTarget::new(chip)?)
+}
+
+/// [`gpu_compile`] for an explicit target (architecture and libdevice).
+pub fn gpu_compile_for(lowered: &Lowered, target: &NvvmTarget) -> Result<GpuModule, MlirError> {
     let mlir = Mlir::new();
     let mut module = mlir.parse(&lowered.text)?;
     let mut stages = vec![("tensor".to_string(), module.as_operation().to_string())];
@@ -537,26 +538,12 @@ pub fn gpu_compile(lowered: &Lowered, chip: &str) -> Result<GpuModule, MlirError
     let mapped = module.as_operation().to_string();
     let kernels = describe_kernels(&mapped);
     stages.push(("gpu".into(), mapped));
-    let nvvm = format!(
-        "builtin.module(gpu-lower-to-nvvm-pipeline{{cubin-chip={chip} cubin-features={features} cubin-format=isa \
-         opt-level=3 kernel-bare-ptr-calling-convention=true}})"
-    );
-    mlir.run(&mut module, "NVVM/PTX", &nvvm)?;
+    mlir.run(&mut module, "NVVM/PTX", &target.pipeline())?;
     let ptx = binary_objects(&module).join("\n");
     if ptx.is_empty() {
         return Err(MlirError::Mlir { stage: "PTX extraction".into(), message: "the module has no gpu.binary".into() });
     }
-    let missing: std::collections::BTreeSet<&str> =
-        ptx.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("__nv_")).collect();
-    if !missing.is_empty() {
-        return Err(MlirError::Mlir {
-            stage: "PTX".into(),
-            message: format!(
-                "the kernels call libdevice functions ({}), which need CUDA's libdevice.10.bc",
-                missing.into_iter().collect::<Vec<_>>().join(", ")
-            ),
-        });
-    }
+    target.check_no_libdevice_calls(&ptx)?;
     Ok(GpuModule { ptx, kernels, stages })
 }
 

@@ -36,6 +36,7 @@ use crate::compile::{
     CPU_STAGES, GPU_MAP, Mlir, byte_size, check_inputs, describe_kernels, descriptor, memref_copy, weight_bytes,
 };
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
+use crate::nvvm::NvvmTarget;
 use mlir_sys::{
     MlirExecutionEngine, MlirStringRef, mlirExecutionEngineCreate, mlirExecutionEngineDestroy,
     mlirExecutionEngineInitialize, mlirExecutionEngineInvokePacked, mlirExecutionEngineLookup,
@@ -449,28 +450,9 @@ pub fn device_visible_globals(mapped: &str) -> String {
     out
 }
 
-/// The NVVM pipeline of [`crate::compile::gpu_compile`] for `chip`, preceded
-/// by the host-side lowering of math (`exp` in unmapped loops) that the
-/// pipeline's host part leaves alone.
-fn host_and_nvvm_pipeline(chip: &str) -> Result<String, MlirError> {
-    let features = match chip {
-        "sm_80" => "+ptx70",
-        "sm_90" => "+ptx80",
-        other => return Err(MlirError::Run(format!("unknown GPU architecture '{other}' (sm_80 or sm_90)"))),
-    };
-    Ok(format!(
-        "builtin.module(func.func(arith-expand,convert-math-to-llvm),\
-         gpu-lower-to-nvvm-pipeline{{cubin-chip={chip} cubin-features={features} cubin-format=isa \
-         opt-level=3 kernel-bare-ptr-calling-convention=true}})"
-    ))
-}
-
-/// The libdevice functions (`__nv_*`) the PTX in `text` calls, if any.
-fn libdevice_calls(text: &str) -> Vec<&str> {
-    let set: std::collections::BTreeSet<&str> =
-        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("__nv_")).collect();
-    set.into_iter().collect()
-}
+/// The host-side lowering of math (`exp` in loops left on the host) that
+/// the NVVM pipeline's host part leaves alone; it runs first.
+const HOST_MATH: &str = "builtin.module(func.func(arith-expand,convert-math-to-llvm))";
 
 /// A graph compiled for a GPU: the host code in MLIR's ExecutionEngine, the
 /// kernels loaded on the device, and the weights uploaded once (one buffer
@@ -500,7 +482,7 @@ impl GpuExecutable {
         device: Box<dyn Device>,
         chip: &str,
     ) -> Result<GpuExecutable, MlirError> {
-        let pipeline = host_and_nvvm_pipeline(chip)?;
+        let target = NvvmTarget::new(chip)?;
         let mlir = Mlir::new();
         let mut module = mlir.parse(&lowered.text)?;
         mlir.run(&mut module, CPU_STAGES[0].name, CPU_STAGES[0].pipeline)?;
@@ -508,14 +490,9 @@ impl GpuExecutable {
         let mapped = module.as_operation().to_string();
         let kernels = describe_kernels(&mapped);
         let mut module = mlir.parse(&device_visible_globals(&mapped))?;
-        mlir.run(&mut module, "host code and NVVM/PTX", &pipeline)?;
-        let missing = libdevice_calls(&module.as_operation().to_string()).join(", ");
-        if !missing.is_empty() {
-            return Err(MlirError::Mlir {
-                stage: "PTX".into(),
-                message: format!("the kernels call libdevice functions ({missing}), which need CUDA's libdevice.10.bc"),
-            });
-        }
+        mlir.run(&mut module, "host math", HOST_MATH)?;
+        mlir.run(&mut module, "host code and NVVM/PTX", &target.pipeline())?;
+        target.check_no_libdevice_calls(&module.as_operation().to_string())?;
         let engine = Engine::new(&module, 3)?;
         for (name, ptr) in runtime_symbols() {
             engine.register(name, ptr);
@@ -956,6 +933,13 @@ mod tests {
             .collect()
     }
 
+    /// The rank of a memref type (`memref<2x?xf32, ...>` has rank 2), or
+    /// `None` for another type.
+    fn memref_rank(t: &str) -> Option<usize> {
+        let shape = t.strip_prefix("memref<")?.split([',', '>']).next()?;
+        Some(shape.split('x').count() - 1)
+    }
+
     /// Splits `index, memref<2x4xf32, strided<[4, 1]>>, f32` at the commas
     /// outside brackets.
     fn split_types(sig: &str) -> Vec<&str> {
@@ -1012,13 +996,26 @@ mod tests {
         let inside = |p: u64| s.allocs.iter().any(|&(a, n)| p as usize >= a && (p as usize) < a + n.max(1));
         for (Launch { kernel: name, words, .. }, k) in s.launches.iter().zip(&exe.kernels) {
             let sig = k.split_once('(').unwrap().1.rsplit_once(") grid").unwrap().0;
-            let types = split_types(sig);
-            assert_eq!(words.len(), types.len(), "{name}: {k}");
-            for (t, w) in types.iter().zip(words) {
-                if t.starts_with("memref<") {
-                    assert!(inside(*w), "{name}: a {t} argument points outside device memory: {k}");
+            // A memref of rank r is passed as its descriptor: allocated and
+            // aligned pointers, offset, r sizes, r strides.
+            let mut words = words.iter();
+            for t in split_types(sig) {
+                match memref_rank(t) {
+                    Some(rank) => {
+                        for _ in 0..2 {
+                            let p = *words.next().unwrap_or_else(|| panic!("{name}: too few arguments: {k}"));
+                            assert!(inside(p), "{name}: a {t} argument points outside device memory: {k}");
+                        }
+                        for _ in 0..1 + 2 * rank {
+                            words.next().unwrap_or_else(|| panic!("{name}: too few arguments: {k}"));
+                        }
+                    }
+                    None => {
+                        words.next().unwrap_or_else(|| panic!("{name}: too few arguments: {k}"));
+                    }
                 }
             }
+            assert!(words.next().is_none(), "{name}: more arguments than the signature has: {k}");
         }
     }
 
@@ -1064,6 +1061,34 @@ mod tests {
         assert!(err.contains("sm_70"), "{err}");
     }
 
+    /// gpt-tiny's host code and kernels, through the same steps as on a
+    /// GPU up to the first run: its math (exp, tanh, erf, sqrt) must come
+    /// out as PTX that needs nothing but the driver, and every kernel module
+    /// must be loaded by the global constructors.
+    #[test]
+    fn a_real_model_compiles_and_loads_every_kernel() {
+        let shared = std::env::var_os("SHARC_SHARED_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+        let model = shared.join("models/gpt-tiny.onnx");
+        if !model.is_file() || crate::nvvm::find_libdevice().unwrap().is_none() {
+            assert!(std::env::var_os("SHARC_REQUIRE_LIBDEVICE").is_none(), "no gpt-tiny or no libdevice here");
+            eprintln!("skipped: needs {} and libdevice", model.display());
+            return;
+        }
+        let g = sharc_onnx::import_file(&model).unwrap();
+        let dims = BTreeMap::from([("batch".to_string(), 2), ("seq".to_string(), 16)]);
+        let l = crate::lower_graph(&g, &dims).unwrap();
+        let (dev, seen) = recorder();
+        let exe = GpuExecutable::with_device(&g, &l, dev, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        let s = seen.borrow();
+        assert!(s.modules.iter().all(|m| !m.contains("__nv_")), "libdevice calls left in the PTX");
+        let modules: std::collections::BTreeSet<&str> =
+            exe.kernels.iter().map(|k| k.split("::").next().unwrap()).collect();
+        assert!(modules.len() > 10, "{modules:?}");
+        assert_eq!(s.modules.len(), modules.len(), "one module loaded per kernel");
+    }
+
     #[test]
     fn globals_are_copied_to_allocations() {
         let text = "  func.func @main() {\n    %0 = memref.get_global @__constant_2xi64 : memref<2xi64>\n    \
@@ -1075,12 +1100,6 @@ mod tests {
         // Other lines pass through unchanged.
         assert!(out.contains("%r = memref.reshape %a(%0)"));
         assert_eq!(device_visible_globals("memref.global \"private\" @g : memref<2xi64>\n").lines().count(), 1);
-    }
-
-    #[test]
-    fn libdevice_calls_are_listed_once() {
-        assert_eq!(libdevice_calls("call __nv_expf(x); call __nv_expf(y); __nv_sqrtf"), ["__nv_expf", "__nv_sqrtf"]);
-        assert!(libdevice_calls("ex2.approx.f32").is_empty());
     }
 
     #[cfg(feature = "cuda")]

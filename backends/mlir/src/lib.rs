@@ -19,6 +19,7 @@ pub mod specialise;
 pub mod compile;
 #[cfg(feature = "mlir")]
 pub mod cuda;
+pub mod nvvm;
 
 #[cfg(feature = "mlir")]
 pub use compile::{CpuExecutable, MlirCpu};
