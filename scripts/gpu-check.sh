@@ -14,7 +14,9 @@
 # sharc built with --features cuda, to skip the build), RUNS (timed runs per
 # backend, default 10; the interpreter runs once), OUT (where outputs go),
 # GPU_CHECK_MODELS (default "minilm-l6 gpt-tiny"), CPU_BACKENDS (the CPU
-# backends to time beside the GPU, default "interp cranelift mlir").
+# backends to time beside the GPU, default "interp cranelift mlir"), PROBES
+# (a folder of one-op models from scripts/op_probes.py to run on the GPU
+# first).
 # scripts/gpu-bundle.sh packs a prebuilt sharc, its libraries, libdevice and
 # the models for a GPU machine without Rust or LLVM.
 set -euo pipefail
@@ -60,8 +62,9 @@ run_model() {
     local model="$1" label="$2" runs="$3"
     shift 3
     local log="$OUT/$model.$label.log"
-    local data="$SHARED/models/$model.data.safetensors"
-    if "$SHARC" run "$SHARED/models/$model.onnx" --inputs "$data" --expect "$data" --tolerance "$TOLERANCE" \
+    local dir="${MODEL_DIR:-$SHARED/models}"
+    local data="$dir/$model.data.safetensors"
+    if "$SHARC" run "$dir/$model.onnx" --inputs "$data" --expect "$data" --tolerance "$TOLERANCE" \
         --runs "$runs" "$@" >"$log" 2>&1; then
         status=ok
     else
@@ -101,6 +104,15 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
     exit $((failed ? 1 : 2))
 fi
 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+
+# Probes first (PROBES=DIR from scripts/op_probes.py): when a model fails,
+# the one-op models say which op is wrong on the GPU.
+if [ -n "${PROBES:-}" ]; then
+    echo "== op probes on the GPU ($PROBES)"
+    for p in "$PROBES"/*.onnx; do
+        MODEL_DIR="$PROBES" run_model "$(basename "$p" .onnx)" probe-cuda 1 --backend mlir --target cuda
+    done
+fi
 
 for m in "${MODELS[@]}"; do
     echo "== $m on the GPU"

@@ -504,7 +504,7 @@ pub const GPU_MAP: &str = "builtin.module(one-shot-bufferize{bufferize-function-
      function-boundary-type-conversion=identity-layout-map},canonicalize,\
      func.func(convert-linalg-to-parallel-loops,scf-parallel-loop-tiling{parallel-loop-tile-sizes=1,4,32},\
      gpu-map-parallel-loops,convert-parallel-loops-to-gpu),gpu-kernel-outlining,\
-     gpu.module(gpu.func(math-expand-ops)),canonicalize,cse)";
+     canonicalize,cse)";
 
 /// A graph compiled to PTX.
 #[derive(Clone, Debug)]

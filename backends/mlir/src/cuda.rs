@@ -319,6 +319,12 @@ unsafe extern "C" fn rt_launch_kernel(
             return;
         }
         let name = rt.names.get(&(function as usize)).cloned().unwrap_or_else(|| "?".into());
+        // A loop over an empty range maps to a launch with a zero dimension
+        // (a mixture-of-experts layer's expert that no token chose has zero
+        // rows): there is nothing to run, and the driver would refuse it.
+        if [gx, gy, gz, bx, by, bz].contains(&0) {
+            return;
+        }
         let dim = |v: [i64; 3]| -> Option<[u32; 3]> {
             let mut out = [0u32; 3];
             for (o, x) in out.iter_mut().zip(v) {
@@ -1040,6 +1046,37 @@ mod tests {
         // Weights, intermediates, inputs and outputs are all given back.
         let s = seen.borrow();
         assert_eq!(s.frees, s.allocs.len());
+    }
+
+    /// A loop over a range that is empty at run time (an expert no token
+    /// chose) is launched with a zero grid dimension: skipped, not an error.
+    #[test]
+    fn launches_over_nothing_are_skipped() {
+        let (dev, seen) = recorder();
+        let mut rt = Runtime::new(dev);
+        {
+            let _active = Active::new(&mut rt);
+            let mut none: [*mut c_void; 0] = [];
+            // SAFETY: a zero-sized launch reads no parameters.
+            unsafe {
+                rt_launch_kernel(
+                    1 as *mut c_void,
+                    0,
+                    1,
+                    1,
+                    32,
+                    1,
+                    1,
+                    0,
+                    std::ptr::null_mut(),
+                    none.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                    0,
+                )
+            };
+        }
+        assert!(rt.error.is_none(), "{:?}", rt.error);
+        assert!(seen.borrow().launches.is_empty());
     }
 
     #[test]
