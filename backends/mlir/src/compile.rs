@@ -3,6 +3,7 @@
 //! stage printing behind `sharc compile --emit mlir`.
 
 use crate::MlirError;
+use crate::gpu_map::GpuMapping;
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
 use crate::nvvm::NvvmTarget;
 use melior::dialect::DialectRegistry;
@@ -495,17 +496,6 @@ impl Evaluator for MlirCpu {
     }
 }
 
-/// The GPU path before NVVM: bufferize, tile parallel loops (the inner tile,
-/// up to 1 × 4 × 32 threads, becomes the thread block and the tile loops the
-/// grid), map them to blocks and threads, outline one kernel per loop nest,
-/// and expand composite math functions (tanh, sinh...) into exp/log, which
-/// are the only ones that then still need libdevice.
-pub const GPU_MAP: &str = "builtin.module(one-shot-bufferize{bufferize-function-boundaries \
-     function-boundary-type-conversion=identity-layout-map},canonicalize,\
-     func.func(convert-linalg-to-parallel-loops,scf-parallel-loop-tiling{parallel-loop-tile-sizes=1,4,32},\
-     gpu-map-parallel-loops,convert-parallel-loops-to-gpu),gpu-kernel-outlining,\
-     canonicalize,cse)";
-
 /// A graph compiled to PTX.
 #[derive(Clone, Debug)]
 pub struct GpuModule {
@@ -534,14 +524,23 @@ pub fn gpu_compile_for(lowered: &Lowered, target: &NvvmTarget) -> Result<GpuModu
     let mut stages = vec![("tensor".to_string(), module.as_operation().to_string())];
     mlir.run(&mut module, "fused", CPU_STAGES[0].pipeline)?;
     stages.push(("fused".into(), module.as_operation().to_string()));
-    mlir.run(&mut module, "gpu mapping", GPU_MAP)?;
+    mlir.run(&mut module, "gpu mapping", &GpuMapping::from_env()?.pipeline())?;
     let mapped = module.as_operation().to_string();
     let kernels = describe_kernels(&mapped);
     stages.push(("gpu".into(), mapped));
     mlir.run(&mut module, "NVVM/PTX", &target.pipeline())?;
     let ptx = binary_objects(&module).join("\n");
     if ptx.is_empty() {
-        return Err(MlirError::Mlir { stage: "PTX extraction".into(), message: "the module has no gpu.binary".into() });
+        // Pure data movement (reshapes, slices, transposes of inputs) and
+        // loops the mapping leaves on the host need no kernel; say so rather
+        // than write an empty PTX file.
+        let message = if kernels.is_empty() {
+            "the graph maps to no GPU kernels (its ops are views, copies or reductions that the GPU mapping leaves on the host), so there is no \
+             PTX to write; `sharc run --backend mlir --target cuda` still runs it"
+        } else {
+            "the module has kernels but no gpu.binary"
+        };
+        return Err(MlirError::Mlir { stage: "PTX extraction".into(), message: message.into() });
     }
     target.check_no_libdevice_calls(&ptx)?;
     Ok(GpuModule { ptx, kernels, stages })

@@ -33,8 +33,9 @@
 
 use crate::MlirError;
 use crate::compile::{
-    CPU_STAGES, GPU_MAP, Mlir, byte_size, check_inputs, describe_kernels, descriptor, memref_copy, weight_bytes,
+    CPU_STAGES, Mlir, byte_size, check_inputs, describe_kernels, descriptor, memref_copy, weight_bytes,
 };
+use crate::gpu_map::GpuMapping;
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
 use crate::nvvm::NvvmTarget;
 use mlir_sys::{
@@ -492,7 +493,7 @@ impl GpuExecutable {
         let mlir = Mlir::new();
         let mut module = mlir.parse(&lowered.text)?;
         mlir.run(&mut module, CPU_STAGES[0].name, CPU_STAGES[0].pipeline)?;
-        mlir.run(&mut module, "gpu mapping", GPU_MAP)?;
+        mlir.run(&mut module, "gpu mapping", &GpuMapping::from_env()?.pipeline())?;
         let mapped = module.as_operation().to_string();
         let kernels = describe_kernels(&mapped);
         let mut module = mlir.parse(&device_visible_globals(&mapped))?;

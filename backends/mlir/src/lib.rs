@@ -19,6 +19,7 @@ pub mod specialise;
 pub mod compile;
 #[cfg(feature = "mlir")]
 pub mod cuda;
+pub mod gpu_map;
 pub mod nvvm;
 
 #[cfg(feature = "mlir")]
