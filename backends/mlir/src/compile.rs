@@ -3,7 +3,7 @@
 //! stage printing behind `sharc compile --emit mlir`.
 
 use crate::MlirError;
-use crate::gpu_map::GpuMapping;
+use crate::gpu_map::{BUFFERIZE, GpuMapping, copies_as_loops, reductions_innermost};
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
 use crate::nvvm::NvvmTarget;
 use melior::dialect::DialectRegistry;
@@ -519,15 +519,11 @@ pub fn gpu_compile(lowered: &Lowered, chip: &str) -> Result<GpuModule, MlirError
 
 /// [`gpu_compile`] for an explicit target (architecture and libdevice).
 pub fn gpu_compile_for(lowered: &Lowered, target: &NvvmTarget) -> Result<GpuModule, MlirError> {
-    let mlir = Mlir::new();
-    let mut module = mlir.parse(&lowered.text)?;
-    let mut stages = vec![("tensor".to_string(), module.as_operation().to_string())];
-    mlir.run(&mut module, "fused", CPU_STAGES[0].pipeline)?;
-    stages.push(("fused".into(), module.as_operation().to_string()));
-    mlir.run(&mut module, "gpu mapping", &GpuMapping::from_env()?.pipeline())?;
-    let mapped = module.as_operation().to_string();
+    let mut stages = Vec::new();
+    let mapped = map_to_gpu(lowered, &mut stages)?;
     let kernels = describe_kernels(&mapped);
-    stages.push(("gpu".into(), mapped));
+    let mlir = Mlir::new();
+    let mut module = mlir.parse(&mapped)?;
     mlir.run(&mut module, "NVVM/PTX", &target.pipeline())?;
     let ptx = binary_objects(&module).join("\n");
     if ptx.is_empty() {
@@ -544,6 +540,22 @@ pub fn gpu_compile_for(lowered: &Lowered, target: &NvvmTarget) -> Result<GpuModu
     }
     target.check_no_libdevice_calls(&ptx)?;
     Ok(GpuModule { ptx, kernels, stages })
+}
+
+/// The lowered module fused, bufferized and mapped to GPU kernels (see
+/// [`crate::gpu_map`]), as text; each stage's text is pushed to `stages`.
+pub(crate) fn map_to_gpu(lowered: &Lowered, stages: &mut Vec<(String, String)>) -> Result<String, MlirError> {
+    let mlir = Mlir::new();
+    let mut module = mlir.parse(&lowered.text)?;
+    stages.push(("tensor".into(), module.as_operation().to_string()));
+    mlir.run(&mut module, "fused", CPU_STAGES[0].pipeline)?;
+    stages.push(("fused".into(), module.as_operation().to_string()));
+    mlir.run(&mut module, "bufferization", BUFFERIZE)?;
+    let mut module = mlir.parse(&reductions_innermost(&copies_as_loops(&module.as_operation().to_string())))?;
+    mlir.run(&mut module, "gpu mapping", &GpuMapping::from_env()?.pipeline())?;
+    let mapped = module.as_operation().to_string();
+    stages.push(("gpu".into(), mapped.clone()));
+    Ok(mapped)
 }
 
 /// The objects (PTX text with `format=isa`) of every `gpu.binary` op.

@@ -33,9 +33,8 @@
 
 use crate::MlirError;
 use crate::compile::{
-    CPU_STAGES, Mlir, byte_size, check_inputs, describe_kernels, descriptor, memref_copy, weight_bytes,
+    Mlir, byte_size, check_inputs, describe_kernels, descriptor, map_to_gpu, memref_copy, weight_bytes,
 };
-use crate::gpu_map::GpuMapping;
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
 use crate::nvvm::NvvmTarget;
 use mlir_sys::{
@@ -490,12 +489,9 @@ impl GpuExecutable {
         chip: &str,
     ) -> Result<GpuExecutable, MlirError> {
         let target = NvvmTarget::new(chip)?;
-        let mlir = Mlir::new();
-        let mut module = mlir.parse(&lowered.text)?;
-        mlir.run(&mut module, CPU_STAGES[0].name, CPU_STAGES[0].pipeline)?;
-        mlir.run(&mut module, "gpu mapping", &GpuMapping::from_env()?.pipeline())?;
-        let mapped = module.as_operation().to_string();
+        let mapped = map_to_gpu(lowered, &mut Vec::new())?;
         let kernels = describe_kernels(&mapped);
+        let mlir = Mlir::new();
         let mut module = mlir.parse(&device_visible_globals(&mapped))?;
         mlir.run(&mut module, "host math", HOST_MATH)?;
         mlir.run(&mut module, "host code and NVVM/PTX", &target.pipeline())?;
