@@ -16,10 +16,30 @@ use sharc_ir::op::{AxisAttr, BinaryOp, LayerNormalization, UnaryOp};
 use sharc_ir::{DType, Graph, Op, Tensor, Type, Weight};
 use std::time::{Duration, Instant};
 
-fn median(mut f: impl FnMut(), iters: usize) -> Duration {
+fn median(f: impl FnMut(), iters: usize) -> Duration {
+    measure(f, iters).0
+}
+
+/// CPU time used so far by all of this process's threads, from Linux's
+/// per-thread scheduler statistics (nanoseconds); `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir("/proc/self/task").ok()? {
+        let s = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// The median wall time of `f` and its mean CPU time per call (all
+/// threads). On a machine shared with other work the wall time swings with
+/// the load, while the CPU time a call needs stays put: comparing that is
+/// how two builds of a kernel can be told apart there.
+fn measure(mut f: impl FnMut(), iters: usize) -> (Duration, Option<Duration>) {
     for _ in 0..3 {
         f();
     }
+    let cpu0 = process_cpu();
     let mut t: Vec<Duration> = (0..iters)
         .map(|_| {
             let s = Instant::now();
@@ -27,8 +47,17 @@ fn median(mut f: impl FnMut(), iters: usize) -> Duration {
             s.elapsed()
         })
         .collect();
+    let cpu = match (cpu0, process_cpu()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) / iters as u32),
+        _ => None,
+    };
     t.sort();
-    t[t.len() / 2]
+    (t[t.len() / 2], cpu)
+}
+
+/// ` (CPU 123.4 us)`, or nothing where CPU time cannot be read.
+fn cpu_note(cpu: Option<Duration>) -> String {
+    cpu.map_or(String::new(), |c| format!(", CPU {:.1} us", c.as_secs_f64() * 1e6))
 }
 
 fn data(n: usize, seed: f32) -> Vec<f32> {
@@ -95,6 +124,7 @@ fn main() {
         }
         println!("{line}    {what}");
     }
+    println!("fused kernels (GB/s of input read + output written, or GFLOP/s; median wall time):");
     // The FFN up-projection as exported by BERT-style models: a product with
     // a bias and exact (erf) GELU, which the backend fuses as the product's
     // epilogue, next to the same product alone.
@@ -102,7 +132,7 @@ fn main() {
         let (m, n, k) = (1024usize, 1536usize, 384usize);
         let flops = 2.0 * (m * n * k) as f64;
         let inputs = vec![Tensor::from_vec(&[m, k], data(m * k, 0.0))];
-        let mut line = format!("{:>28}", format!("1x{m}x{n}x{k}"));
+        let mut figures = Vec::new();
         for gelu in [false, true] {
             let mut g = Graph::new("ffn");
             let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[m, k])));
@@ -113,12 +143,19 @@ fn main() {
             }
             g.add_output("y", y);
             let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
-            let t = median(|| drop(c.run(&inputs).expect("runs")), 20);
-            line.push_str(&format!(" {:>12.1}", flops / t.as_secs_f64() / 1e9));
+            let (t, cpu) = measure(|| drop(c.run(&inputs).expect("runs")), 20);
+            figures.push(format!(
+                "{:.1} GFLOP/s ({:.1} us{})",
+                flops / t.as_secs_f64() / 1e9,
+                t.as_secs_f64() * 1e6,
+                cpu_note(cpu)
+            ));
         }
-        println!("{line}    minilm b8 ffn up: alone, then + bias + GELU epilogue (gemm crate)");
+        println!(
+            "  MatMul {m}x{n}x{k} (minilm b8 ffn up): alone {}; + bias + GELU epilogue {}",
+            figures[0], figures[1]
+        );
     }
-    println!("fused kernels (GB/s of input read + output written, median):");
     if want("gelu") {
         let (rows, n) = (1024usize, 1536usize);
         let mut g = Graph::new("gelu");
@@ -127,12 +164,13 @@ fn main() {
         g.add_output("y", y);
         let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
         let inp = vec![Tensor::from_vec(&[rows, n], data(rows * n, 0.5))];
-        let t = median(|| drop(c.run(&inp).expect("runs")), 50);
+        let (t, cpu) = measure(|| drop(c.run(&inp).expect("runs")), 50);
         let bytes = 2.0 * (rows * n * 4) as f64;
         println!(
-            "  bias + GELU (erf) [{rows}, {n}]: {:.2} GB/s ({:.1} us)",
+            "  bias + GELU (erf) [{rows}, {n}]: {:.2} GB/s ({:.1} us{})",
             bytes / t.as_secs_f64() / 1e9,
-            t.as_secs_f64() * 1e6
+            t.as_secs_f64() * 1e6,
+            cpu_note(cpu)
         );
     }
     // LayerNormalization over [rows, 384] with scale and bias.
@@ -149,12 +187,13 @@ fn main() {
         g.add_output("y", y);
         let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
         let inp = vec![Tensor::from_vec(&[rows, 384], data(rows * 384, 0.5))];
-        let t = median(|| drop(c.run(&inp).expect("runs")), 50);
+        let (t, cpu) = measure(|| drop(c.run(&inp).expect("runs")), 50);
         let bytes = 2.0 * (rows * 384 * 4) as f64;
         println!(
-            "  LayerNormalization [{rows}, 384]: {:.2} GB/s ({:.1} us)",
+            "  LayerNormalization [{rows}, 384]: {:.2} GB/s ({:.1} us{})",
             bytes / t.as_secs_f64() / 1e9,
-            t.as_secs_f64() * 1e6
+            t.as_secs_f64() * 1e6,
+            cpu_note(cpu)
         );
     }
     for heads in [12usize, 96].into_iter().filter(|_| want("softmax")) {
@@ -165,12 +204,13 @@ fn main() {
         let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
         let n = heads * 128 * 128;
         let inp = vec![Tensor::from_vec(&[heads, 128, 128], data(n, 0.25))];
-        let t = median(|| drop(c.run(&inp).expect("runs")), 50);
+        let (t, cpu) = measure(|| drop(c.run(&inp).expect("runs")), 50);
         let bytes = 2.0 * (n * 4) as f64;
         println!(
-            "  Softmax [{heads}, 128, 128]: {:.2} GB/s ({:.1} us)",
+            "  Softmax [{heads}, 128, 128]: {:.2} GB/s ({:.1} us{})",
             bytes / t.as_secs_f64() / 1e9,
-            t.as_secs_f64() * 1e6
+            t.as_secs_f64() * 1e6,
+            cpu_note(cpu)
         );
     }
 }
