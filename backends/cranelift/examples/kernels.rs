@@ -4,8 +4,8 @@
 //!
 //! `cargo run --release -p sharc-cranelift --example kernels [-- --threads N] [--only gemm,ffn,gelu,layernorm,softmax]`
 //!
-//! `--only` keeps the named sections, e.g. to count one kernel's cycles with
-//! `perf stat`, which stays comparable on a machine shared with other work.
+//! `--only` keeps the named sections, e.g. to compare two builds of one
+//! kernel in alternating runs on a machine shared with other work.
 //!
 //! Each figure is the median of timed runs of a one-op graph compiled by the
 //! backend, so it includes the per-call overhead a real model pays.
