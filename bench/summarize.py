@@ -74,7 +74,8 @@ if kern.exists():
         print(f"| {shape} | {crate:.1f} | {cl:.1f} | {fmt(n)} | {fmt(crate / n) if n else '-'} | {what} |")
     facts["gemm"] = {s: {"sharc_crate": v[0], "sharc_cranelift": v[1], "numpy": np_gemm.get(s), "what": v[2]}
                      for s, v in sharc_gemm.items()}
-    fused = [line.strip() for line in kern.read_text().splitlines() if "GB/s" in line and line.startswith("  ")]
+    fused = [line.strip() for line in kern.read_text().splitlines()
+             if ("GB/s" in line or "GFLOP/s" in line) and line.startswith("  ")]
     if fused:
         print("\n## Fused kernels\n")
         for line in fused:

@@ -2,20 +2,44 @@
 //! crate and the Cranelift-generated kernel) on the shapes of minilm-l6 and
 //! gpt-tiny, and fused LayerNormalization / Softmax bandwidth in GB/s.
 //!
-//! `cargo run --release -p sharc-cranelift --example kernels [-- --threads N]`
+//! `cargo run --release -p sharc-cranelift --example kernels [-- --threads N] [--only gemm,ffn,gelu,layernorm,softmax]`
+//!
+//! `--only` keeps the named sections, e.g. to compare two builds of one
+//! kernel in alternating runs on a machine shared with other work.
 //!
 //! Each figure is the median of timed runs of a one-op graph compiled by the
 //! backend, so it includes the per-call overhead a real model pays.
 
 use sharc_cranelift::{CompileOptions, GemmImpl, compile};
-use sharc_ir::op::{AxisAttr, LayerNormalization};
+use sharc_ir::ValueRef;
+use sharc_ir::op::{AxisAttr, BinaryOp, LayerNormalization, UnaryOp};
 use sharc_ir::{DType, Graph, Op, Tensor, Type, Weight};
 use std::time::{Duration, Instant};
 
-fn median(mut f: impl FnMut(), iters: usize) -> Duration {
+fn median(f: impl FnMut(), iters: usize) -> Duration {
+    measure(f, iters).0
+}
+
+/// CPU time used so far by all of this process's threads, from Linux's
+/// per-thread scheduler statistics (nanoseconds); `None` elsewhere.
+fn process_cpu() -> Option<Duration> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir("/proc/self/task").ok()? {
+        let s = std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// The median wall time of `f` and its mean CPU time per call (all
+/// threads). On a machine shared with other work the wall time swings with
+/// the load, while the CPU time a call needs stays put: comparing that is
+/// how two builds of a kernel can be told apart there.
+fn measure(mut f: impl FnMut(), iters: usize) -> (Duration, Option<Duration>) {
     for _ in 0..3 {
         f();
     }
+    let cpu0 = process_cpu();
     let mut t: Vec<Duration> = (0..iters)
         .map(|_| {
             let s = Instant::now();
@@ -23,8 +47,17 @@ fn median(mut f: impl FnMut(), iters: usize) -> Duration {
             s.elapsed()
         })
         .collect();
+    let cpu = match (cpu0, process_cpu()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) / iters as u32),
+        _ => None,
+    };
     t.sort();
-    t[t.len() / 2]
+    (t[t.len() / 2], cpu)
+}
+
+/// ` (CPU 123.4 us)`, or nothing where CPU time cannot be read.
+fn cpu_note(cpu: Option<Duration>) -> String {
+    cpu.map_or(String::new(), |c| format!(", CPU {:.1} us", c.as_secs_f64() * 1e6))
 }
 
 fn data(n: usize, seed: f32) -> Vec<f32> {
@@ -60,6 +93,12 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let want = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == section));
     println!("threads: {threads}");
     println!("GEMM (GFLOP/s, median):");
     println!("{:>28} {:>12} {:>16}", "batch x m x n x k", "gemm crate", "cranelift kernel");
@@ -72,7 +111,7 @@ fn main() {
         (96, 128, 32, 128, "minilm b8 attention AV"),
         (1, 128, 768, 256, "gpt-tiny b1 ffn up"),
     ];
-    for (b, m, n, k, what) in shapes {
+    for (b, m, n, k, what) in shapes.into_iter().filter(|_| want("gemm")) {
         let (g, inputs) = gemm_graph(b, m, n, k);
         let flops = 2.0 * (b * m * n * k) as f64;
         let mut line = format!("{:>28}", format!("{b}x{m}x{n}x{k}"));
@@ -85,9 +124,57 @@ fn main() {
         }
         println!("{line}    {what}");
     }
-    println!("fused kernels (GB/s of input read + output written, median):");
+    println!("fused kernels (GB/s of input read + output written, or GFLOP/s; median wall time):");
+    // The FFN up-projection as exported by BERT-style models: a product with
+    // a bias and exact (erf) GELU, which the backend fuses as the product's
+    // epilogue, next to the same product alone.
+    if want("ffn") {
+        let (m, n, k) = (1024usize, 1536usize, 384usize);
+        let flops = 2.0 * (m * n * k) as f64;
+        let inputs = vec![Tensor::from_vec(&[m, k], data(m * k, 0.0))];
+        let mut figures = Vec::new();
+        for gelu in [false, true] {
+            let mut g = Graph::new("ffn");
+            let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[m, k])));
+            let w = g.add_weight(Weight::from_tensor("w", Tensor::from_vec(&[k, n], data(k * n, 1.0))));
+            let mut y = g.add_op(Op::MatMul, &[x, w], Type::Unknown);
+            if gelu {
+                y = add_bias_gelu(&mut g, y, n);
+            }
+            g.add_output("y", y);
+            let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
+            let (t, cpu) = measure(|| drop(c.run(&inputs).expect("runs")), 20);
+            figures.push(format!(
+                "{:.1} GFLOP/s ({:.1} us{})",
+                flops / t.as_secs_f64() / 1e9,
+                t.as_secs_f64() * 1e6,
+                cpu_note(cpu)
+            ));
+        }
+        println!(
+            "  MatMul {m}x{n}x{k} (minilm b8 ffn up): alone {}; + bias + GELU epilogue {}",
+            figures[0], figures[1]
+        );
+    }
+    if want("gelu") {
+        let (rows, n) = (1024usize, 1536usize);
+        let mut g = Graph::new("gelu");
+        let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[rows, n])));
+        let y = add_bias_gelu(&mut g, x, n);
+        g.add_output("y", y);
+        let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
+        let inp = vec![Tensor::from_vec(&[rows, n], data(rows * n, 0.5))];
+        let (t, cpu) = measure(|| drop(c.run(&inp).expect("runs")), 50);
+        let bytes = 2.0 * (rows * n * 4) as f64;
+        println!(
+            "  bias + GELU (erf) [{rows}, {n}]: {:.2} GB/s ({:.1} us{})",
+            bytes / t.as_secs_f64() / 1e9,
+            t.as_secs_f64() * 1e6,
+            cpu_note(cpu)
+        );
+    }
     // LayerNormalization over [rows, 384] with scale and bias.
-    for rows in [128usize, 1024] {
+    for rows in [128usize, 1024].into_iter().filter(|_| want("layernorm")) {
         let mut g = Graph::new("ln");
         let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[rows, 384])));
         let s = g.add_weight(Weight::from_tensor("s", Tensor::from_vec(&[384], data(384, 3.0))));
@@ -100,15 +187,16 @@ fn main() {
         g.add_output("y", y);
         let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
         let inp = vec![Tensor::from_vec(&[rows, 384], data(rows * 384, 0.5))];
-        let t = median(|| drop(c.run(&inp).expect("runs")), 50);
+        let (t, cpu) = measure(|| drop(c.run(&inp).expect("runs")), 50);
         let bytes = 2.0 * (rows * 384 * 4) as f64;
         println!(
-            "  LayerNormalization [{rows}, 384]: {:.2} GB/s ({:.1} us)",
+            "  LayerNormalization [{rows}, 384]: {:.2} GB/s ({:.1} us{})",
             bytes / t.as_secs_f64() / 1e9,
-            t.as_secs_f64() * 1e6
+            t.as_secs_f64() * 1e6,
+            cpu_note(cpu)
         );
     }
-    for heads in [12usize, 96] {
+    for heads in [12usize, 96].into_iter().filter(|_| want("softmax")) {
         let mut g = Graph::new("sm");
         let x = g.add_input("x", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[heads, 128, 128])));
         let y = g.add_op(Op::Softmax(AxisAttr { axis: -1 }), &[x], Type::Unknown);
@@ -116,12 +204,27 @@ fn main() {
         let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
         let n = heads * 128 * 128;
         let inp = vec![Tensor::from_vec(&[heads, 128, 128], data(n, 0.25))];
-        let t = median(|| drop(c.run(&inp).expect("runs")), 50);
+        let (t, cpu) = measure(|| drop(c.run(&inp).expect("runs")), 50);
         let bytes = 2.0 * (n * 4) as f64;
         println!(
-            "  Softmax [{heads}, 128, 128]: {:.2} GB/s ({:.1} us)",
+            "  Softmax [{heads}, 128, 128]: {:.2} GB/s ({:.1} us{})",
             bytes / t.as_secs_f64() / 1e9,
-            t.as_secs_f64() * 1e6
+            t.as_secs_f64() * 1e6,
+            cpu_note(cpu)
         );
     }
+}
+
+/// `gelu(x + bias)` with exact GELU spelled as BERT exports it:
+/// `y * 0.5 * (1 + erf(y / sqrt(2)))`.
+fn add_bias_gelu(g: &mut Graph, x: ValueRef, n: usize) -> ValueRef {
+    let bias = g.add_weight(Weight::from_tensor("bias", Tensor::from_vec(&[n], data(n, 5.0))));
+    let c = |g: &mut Graph, name: &str, v: f32| g.add_weight(Weight::from_tensor(name, Tensor::scalar(v)));
+    let (sqrt2, one, half) = (c(g, "sqrt2", std::f32::consts::SQRT_2), c(g, "one", 1.0), c(g, "half", 0.5));
+    let y = g.add_op(Op::Binary(BinaryOp::Add), &[x, bias], Type::Unknown);
+    let d = g.add_op(Op::Binary(BinaryOp::Div), &[y, sqrt2], Type::Unknown);
+    let e = g.add_op(Op::Unary(UnaryOp::Erf), &[d], Type::Unknown);
+    let p = g.add_op(Op::Binary(BinaryOp::Add), &[e, one], Type::Unknown);
+    let m = g.add_op(Op::Binary(BinaryOp::Mul), &[y, p], Type::Unknown);
+    g.add_op(Op::Binary(BinaryOp::Mul), &[m, half], Type::Unknown)
 }

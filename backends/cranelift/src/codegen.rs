@@ -40,10 +40,11 @@ pub(crate) fn define_kernel<M: Module>(
     ctx.func.signature = sig;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
     let frontend = module.target_config();
+    let fma = module.isa().has_native_fma();
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        Gen::new(spec, ptr).emit(&mut b);
+        Gen::new(spec, ptr, fma).emit(&mut b);
         b.seal_all_blocks();
         b.finalize(frontend);
     }
@@ -77,10 +78,12 @@ struct Gen<'s> {
     stored: HashMap<ExprId, (usize, Value)>,
     /// The output chosen by `scratch_for` for the loop being emitted.
     pending_scratch: Option<usize>,
+    /// Whether the target fuses multiply-add (see [`Math::fma`]).
+    fma: bool,
 }
 
 impl<'s> Gen<'s> {
-    fn new(spec: &'s KernelSpec, ptr: Type) -> Gen<'s> {
+    fn new(spec: &'s KernelSpec, ptr: Type, fma: bool) -> Gen<'s> {
         let vectorizable = spec.inputs.iter().all(|i| matches!(i.strides.last(), Some(0) | Some(1)));
         Gen {
             spec,
@@ -95,6 +98,7 @@ impl<'s> Gen<'s> {
             vectorizable,
             stored: HashMap::new(),
             pending_scratch: None,
+            fma,
         }
     }
 
@@ -262,7 +266,7 @@ impl<'s> Gen<'s> {
         if let Some(v) = self.row_cache.get(&e) {
             return *v;
         }
-        let m = Math { ty: types::F32 };
+        let m = Math { ty: types::F32, fma: self.fma };
         let v = match self.spec.exprs[e].clone() {
             Expr::Input(k) => {
                 let addr = self.addr(b, k, None);
@@ -343,7 +347,7 @@ impl<'s> Gen<'s> {
             cache.insert(e, v);
             return v;
         }
-        let m = Math { ty: if vector { types::F32X4 } else { types::F32 } };
+        let m = Math { ty: if vector { types::F32X4 } else { types::F32 }, fma: self.fma };
         let v = match self.spec.exprs[e].clone() {
             Expr::Input(k) => {
                 let addr = self.addr(b, k, Some(j));
