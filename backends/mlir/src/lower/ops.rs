@@ -168,10 +168,17 @@ impl Emitter<'_> {
             In { ssa: sa, dtype: adt, shape: ashape, exprs: aex },
             In { ssa: sb, dtype: bdt, shape: bshape, exprs: bex },
         ];
-        let prod = self.generic(&ins, odt, oshape, &oex, &iters, Init::Fill(0.0), |b, a, o| {
-            let p = b.mul(&a[0], &a[1], odt);
-            Ok(b.add(o, &p, odt))
-        })?;
+        // A size-1 batch dim broadcast against a larger one reads index 0,
+        // which `linalg.contract` cannot express; those stay generics.
+        let plain = ins.iter().all(|i| i.exprs.iter().all(|e| e.starts_with('d')));
+        let prod = if plain {
+            self.contract([&ins[0], &ins[1]], odt, oshape, &oex, loops)?
+        } else {
+            self.generic(&ins, odt, oshape, &oex, &iters, Init::Fill(0.0), |b, a, o| {
+                let p = b.mul(&a[0], &a[1], odt);
+                Ok(b.add(o, &p, odt))
+            })?
+        };
         if alpha == 1.0 {
             return Ok(prod);
         }
