@@ -683,27 +683,34 @@ pub fn cpu_stages(lowered: &Lowered) -> Result<Vec<(String, String)>, MlirError>
 }
 
 /// The ops of a module's text that each become one loop nest: linalg ops
-/// (not the terminators and index ops of their bodies) and tiled loops
-/// (`scf.forall`, whose bodies are one nest together), each as the text
-/// from the op's name on.
-fn kernel_ops(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
+/// (not the terminators and index ops of their bodies) and loops at the
+/// level of the function body (`scf.forall` of a tiled contraction,
+/// `scf.for` of a tile nest whose one-iteration forall folded away or of a
+/// data-dependent op), whose bodies count as part of them. Each comes as
+/// the text from the op's name on and whether its body computes on vectors.
+fn kernel_ops(text: &str) -> Vec<(&str, bool)> {
+    let mut out: Vec<(&str, bool)> = Vec::new();
     let mut inside: Option<usize> = None;
     for line in text.lines() {
         let l = line.trim_start();
         let indent = line.len() - l.len();
         if let Some(i) = inside {
             if indent > i || l.is_empty() {
+                if l.contains("vector.")
+                    && let Some(last) = out.last_mut()
+                {
+                    last.1 = true;
+                }
                 continue;
             }
             inside = None;
         }
         let op = l.split_once(" = ").map(|(_, r)| r).unwrap_or(l);
-        if op.starts_with("scf.forall") {
+        if op.starts_with("scf.forall") || op.starts_with("scf.for ") {
             inside = Some(indent);
-            out.push(op);
+            out.push((op, false));
         } else if op.starts_with("linalg.") && !op.starts_with("linalg.yield") && !op.starts_with("linalg.index") {
-            out.push(op);
+            out.push((op, false));
         }
     }
     out
@@ -712,7 +719,9 @@ fn kernel_ops(text: &str) -> Vec<&str> {
 /// How many loop nests (kernels) a module (after fusion or tiling) has:
 /// each `linalg` op becomes one loop nest on the CPU and one GPU kernel,
 /// fills included (they are separate passes over memory), and a tiled
-/// contraction is one loop nest with its fill and epilogue.
+/// contraction is one loop nest with its fill and epilogue (or, where its
+/// one tile covers the whole result, the fill, the contraction's loops and
+/// the epilogue are three).
 pub fn count_kernels(fused_text: &str) -> usize {
     kernel_ops(fused_text).len()
 }
@@ -721,15 +730,17 @@ pub fn count_kernels(fused_text: &str) -> usize {
 /// accumulator), `contraction` (`linalg.contract`, or a reduction with
 /// parallel loops on both sides), `reduction`, `elementwise` (all-parallel
 /// generics, after fusion usually a chain of several ops), `tiled` (a
-/// contraction tiled together with its fill and, usually, its elementwise
-/// epilogue), or the op's own name for other named linalg ops. Sorted by
-/// kind; the counts add up to [`count_kernels`].
+/// loop nest computing on vectors: a tiled contraction, with its fill and
+/// elementwise epilogue where it has tiles to fuse them into), `loop`
+/// (other loops), or the op's own name for other named linalg ops. Sorted
+/// by kind; the counts add up to [`count_kernels`].
 pub fn kernel_stats(fused_text: &str) -> Vec<(String, usize)> {
     let mut stats: BTreeMap<String, usize> = BTreeMap::new();
-    for op in kernel_ops(fused_text) {
+    for (op, vector) in kernel_ops(fused_text) {
         let name = op.split(|c: char| c.is_whitespace() || c == '{' || c == '(').next().unwrap_or(op);
         let kind = match name {
-            "scf.forall" => "tiled".to_string(),
+            "scf.forall" | "scf.for" if vector => "tiled".to_string(),
+            "scf.forall" | "scf.for" => "loop".to_string(),
             "linalg.fill" => "fill".to_string(),
             "linalg.contract" => "contraction".to_string(),
             "linalg.generic" => {
@@ -1284,12 +1295,17 @@ mod tests {
         let text = "    %1 = linalg.generic {iterator_types = [\"parallel\"]} ins()\n\
                     \x20   %2 = scf.forall (%i) in (4) shared_outs(%o = %1) -> (tensor<8xf32>) {\n\
                     \x20     %3 = linalg.fill ins(%c : f32) outs(%e : tensor<4xf32>) -> tensor<4xf32>\n\
-                    \x20     %4 = linalg.generic {iterator_types = [\"parallel\"]} ins()\n\
+                    \x20     %4 = scf.for %j = %c0 to %c4 step %c1 iter_args(%a = %3) -> (tensor<4xf32>) {\n\
+                    \x20       %5 = vector.fma %x, %y, %z : vector<16xf32>\n\
+                    \x20     }\n\
                     \x20   }\n\
-                    \x20   %5 = linalg.fill ins(%c : f32) outs(%e : tensor<4xf32>) -> tensor<4xf32>\n";
-        assert_eq!(count_kernels(text), 3);
+                    \x20   %6 = linalg.fill ins(%c : f32) outs(%e : tensor<4xf32>) -> tensor<4xf32>\n\
+                    \x20   %7 = scf.for %i = %c0 to %n step %c1 iter_args(%a = %6) -> (tensor<4xf32>) {\n\
+                    \x20     %8 = tensor.insert %v into %a[%i] : tensor<4xf32>\n\
+                    \x20   }\n";
+        assert_eq!(count_kernels(text), 4);
         let want: Vec<(String, usize)> =
-            [("elementwise", 1), ("fill", 1), ("tiled", 1)].map(|(k, n)| (k.into(), n)).into();
+            [("elementwise", 1), ("fill", 1), ("loop", 1), ("tiled", 1)].map(|(k, n)| (k.into(), n)).into();
         assert_eq!(kernel_stats(text), want);
     }
 
