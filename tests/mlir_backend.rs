@@ -79,15 +79,18 @@ fn check_model(name: &str, batch: usize) {
         let vs_interp = max_abs_diff(t, i.as_tensor().unwrap());
         println!(
             "{name} (batch {batch}): '{}' mlir vs onnxruntime {vs_ort:.3e}, vs interp {vs_interp:.3e}; \
-             {} kernels, compiled in {:.2} s, ran in {:.3} s",
+             {} kernels ({} tiled contractions), compiled in {:.2} s, ran in {:.3} s",
             o.name,
             exe.kernels,
+            exe.tiled,
             compiled.as_secs_f64(),
             ran.as_secs_f64()
         );
         assert!(vs_ort <= 1e-4, "{name}: '{}' differs from onnxruntime by {vs_ort:.3e}", o.name);
         assert!(vs_interp <= 1e-4, "{name}: '{}' differs from the interpreter by {vs_interp:.3e}", o.name);
     }
+    // Every model has matrix products; none may fall back to plain loops.
+    assert!(exe.tiled > 0, "{name}: no contraction was tiled (the tiling pipeline failed)");
 }
 
 #[test]
@@ -340,6 +343,8 @@ fn mlp_block_fuses_and_matches_interpreter() {
     // sum, variance and normalisation, plus the variance's fill); fusion
     // folds bias + GELU into their consumers.
     assert!(exe.kernels <= 7, "{} kernels", exe.kernels);
+    // The matrix product is tiled, with bias + GELU computed per tile.
+    assert_eq!(exe.tiled, 1);
 }
 
 /// A pre-LayerNorm transformer block: 4-head self-attention and a GELU MLP,
@@ -405,16 +410,22 @@ fn transformer_block_kernel_count() {
     let text = |stage: &str| &stages.iter().find(|(n, _)| n == stage).unwrap().1;
     let before = sharc::mlir::compile::count_kernels(text("tensor"));
     let after = sharc::mlir::compile::count_kernels(text("fused"));
-    let kinds = sharc::mlir::compile::kernel_stats(text("fused"));
-    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("  {k}: {n}")).collect();
+    let tiled = sharc::mlir::compile::count_kernels(text("tiled"));
+    let kinds = |stage: &str| -> String {
+        let k = sharc::mlir::compile::kernel_stats(text(stage));
+        k.iter().map(|(k, n)| format!("  {k}: {n}")).collect::<Vec<_>>().join("\n")
+    };
     let report = format!(
-        "graph ops in the block: {}\nkernels as lowered: {before}\nkernels after elementwise fusion: {after}\n{}",
+        "graph ops in the block: {}\nkernels as lowered: {before}\nkernels after elementwise fusion: {after}\n{}\n\
+         loop nests after tiling with epilogue fusion: {tiled}\n{}",
         lowered.lowered_nodes,
-        kinds.join("\n")
+        kinds("fused"),
+        kinds("tiled")
     );
     println!("{report}");
     insta::assert_snapshot!("transformer_block_kernels", report);
     assert!(after < before, "elementwise fusion merged nothing ({before} -> {after})");
+    assert!(tiled < after, "tiling fused no epilogue ({after} -> {tiled})");
     let x: Vec<f32> = (0..16 * 64).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
     let x = Tensor::from_vec(&[16, 64], x);
     let mut exe = MlirCpu::default().compile_for(&g, std::slice::from_ref(&x)).unwrap();

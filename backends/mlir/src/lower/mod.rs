@@ -431,19 +431,9 @@ impl<'a> Emitter<'a> {
             .ok_or_else(|| MlirError::unsupported(node, op, format!("the {what} input is not an integer tensor")))
     }
 
-    /// Emits a `linalg.generic` over `loops` loops and returns its result.
-    #[allow(clippy::too_many_arguments)]
-    fn generic(
-        &mut self,
-        ins: &[In],
-        out_dt: DType,
-        out_shape: &[Dv],
-        out_exprs: &[String],
-        iters: &[bool],
-        init: Init,
-        body: impl FnOnce(&mut Body, &[String], &str) -> BodyResult,
-    ) -> Result<String, String> {
-        let loops = iters.len();
+    /// The destination tensor of a linalg op: empty (every element is
+    /// written) or filled with `init` (an accumulator).
+    fn init(&mut self, out_dt: DType, out_shape: &[Dv], init: Init) -> Result<String, String> {
         let oty = tensor_ty(out_dt, out_shape);
         let empty = self.empty(out_dt, out_shape).map_err(|e| e.to_string())?;
         let init_ssa = match init {
@@ -469,6 +459,24 @@ impl<'a> Emitter<'a> {
                 s
             }
         };
+        Ok(init_ssa)
+    }
+
+    /// Emits a `linalg.generic` over `loops` loops and returns its result.
+    #[allow(clippy::too_many_arguments)]
+    fn generic(
+        &mut self,
+        ins: &[In],
+        out_dt: DType,
+        out_shape: &[Dv],
+        out_exprs: &[String],
+        iters: &[bool],
+        init: Init,
+        body: impl FnOnce(&mut Body, &[String], &str) -> BodyResult,
+    ) -> Result<String, String> {
+        let loops = iters.len();
+        let oty = tensor_ty(out_dt, out_shape);
+        let init_ssa = self.init(out_dt, out_shape, init)?;
         let id = self.fresh();
         let prefix = id.trim_start_matches('%').to_string();
         let mut b = Body::new(prefix.clone());
@@ -505,6 +513,37 @@ impl<'a> Emitter<'a> {
         let _ = writeln!(s, "  linalg.yield {result} : {}", elem_type(out_dt).ok_or("no element type")?);
         let _ = write!(s, "}} -> {oty}");
         self.push(s);
+        Ok(id)
+    }
+
+    /// Emits `out = sum over the reduction loops of a * b` as a
+    /// `linalg.contract` into a zero-filled accumulator. A named op rather
+    /// than a generic on purpose: elementwise fusion only fuses into
+    /// generics, so the producers of the operands (a GELU, a softmax's
+    /// exp/div) stay separate kernels instead of being recomputed for every
+    /// step of the reduction, and the CPU pipeline can find the contraction
+    /// and tile it. Every expression must be a plain loop dim (the op takes
+    /// projected permutations only).
+    fn contract(
+        &mut self,
+        ins: [&In; 2],
+        out_dt: DType,
+        out_shape: &[Dv],
+        out_exprs: &[String],
+        loops: usize,
+    ) -> Result<String, String> {
+        let oty = tensor_ty(out_dt, out_shape);
+        let init = self.init(out_dt, out_shape, Init::Fill(0.0))?;
+        let maps = [amap(loops, &ins[0].exprs), amap(loops, &ins[1].exprs), amap(loops, out_exprs)];
+        let id = self.fresh();
+        self.push(format!(
+            "{id} = linalg.contract indexing_maps = [{}] ins({}, {} : {}, {}) outs({init} : {oty}) -> {oty}",
+            maps.join(", "),
+            ins[0].ssa,
+            ins[1].ssa,
+            tensor_ty(ins[0].dtype, &ins[0].shape),
+            tensor_ty(ins[1].dtype, &ins[1].shape)
+        ));
         Ok(id)
     }
 
@@ -939,7 +978,7 @@ mod tests {
     }
 
     #[test]
-    fn matmul_bias_gelu_lowers_to_generics_with_shared_weight_passed_once() {
+    fn matmul_bias_gelu_lowers_to_a_contraction_with_shared_weight_passed_once() {
         // 9 x 9 = 81 elements: above SMALL_WEIGHT, so a run-time argument.
         let l = lowered(&shared_weight_mlp(9), "batch=3").unwrap();
         // One memref per input, per distinct weight, per output.
@@ -951,8 +990,16 @@ mod tests {
             "{}",
             l.text
         );
-        // The contraction loops are ordered m, k, n with k a reduction.
-        assert!(l.text.contains("iterator_types = [\"parallel\", \"reduction\", \"parallel\"]"), "{}", l.text);
+        // The contraction loops are ordered m, k, n with k a reduction (the
+        // loop missing from the result).
+        assert!(
+            l.text.contains(
+                "linalg.contract indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d1)>, \
+                 affine_map<(d0, d1, d2) -> (d1, d2)>, affine_map<(d0, d1, d2) -> (d0, d2)>]"
+            ),
+            "{}",
+            l.text
+        );
         assert!(l.text.contains("math.erf"));
         assert_eq!(l.text.matches("bufferization.to_tensor %w0").count(), 1);
         assert_eq!(l.lowered_nodes, 3);

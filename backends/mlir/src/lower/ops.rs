@@ -162,16 +162,27 @@ impl Emitter<'_> {
         }
         let mut iters = vec![true; loops];
         iters[k] = false;
-        let sa = self.val(a).map_err(|e| e.to_string())?;
-        let sb = self.val(b).map_err(|e| e.to_string())?;
-        let ins = [
-            In { ssa: sa, dtype: adt, shape: ashape, exprs: aex },
-            In { ssa: sb, dtype: bdt, shape: bshape, exprs: bex },
-        ];
-        let prod = self.generic(&ins, odt, oshape, &oex, &iters, Init::Fill(0.0), |b, a, o| {
-            let p = b.mul(&a[0], &a[1], odt);
-            Ok(b.add(o, &p, odt))
-        })?;
+        // A size-1 batch dim broadcast against a larger one reads index 0,
+        // which `linalg.contract` cannot express; those stay generics.
+        let plain = aex.iter().chain(&bex).all(|e| e.starts_with('d'));
+        let ins = if plain {
+            [self.through_transpose(a, aex)?, self.through_transpose(b, bex)?]
+        } else {
+            let sa = self.val(a).map_err(|e| e.to_string())?;
+            let sb = self.val(b).map_err(|e| e.to_string())?;
+            [
+                In { ssa: sa, dtype: adt, shape: ashape, exprs: aex },
+                In { ssa: sb, dtype: bdt, shape: bshape, exprs: bex },
+            ]
+        };
+        let prod = if plain {
+            self.contract([&ins[0], &ins[1]], odt, oshape, &oex, loops)?
+        } else {
+            self.generic(&ins, odt, oshape, &oex, &iters, Init::Fill(0.0), |b, a, o| {
+                let p = b.mul(&a[0], &a[1], odt);
+                Ok(b.add(o, &p, odt))
+            })?
+        };
         if alpha == 1.0 {
             return Ok(prod);
         }
@@ -181,6 +192,43 @@ impl Emitter<'_> {
             let k = b.konst(alpha, odt);
             Ok(b.mul(&k, &a[0], odt))
         })
+    }
+
+    /// A contraction operand `v` read through `exprs`. When `v` is a
+    /// Transpose, its input is read instead, with the permutation folded
+    /// into the expressions: attention's `Q K^T` and the head transposes
+    /// then cost no copy of their own (the Transpose's own loop nest is
+    /// dead and dropped when nothing else reads it).
+    fn through_transpose(&mut self, v: ValueRef, exprs: Vec<String>) -> Result<In, String> {
+        let node = self.g.node(v.node);
+        if let Op::Transpose(t) = &node.op
+            && v.port == 0
+            && let Some(Some(x)) = self.g.node_inputs(v.node).first().copied()
+        {
+            let (dt, shape) = self.dims_of(x).map_err(|e| e.to_string())?;
+            let r = shape.len();
+            let perm: Vec<usize> = match &t.perm {
+                Some(p) => p.iter().map(|&a| usize::try_from(a).unwrap_or(usize::MAX)).collect(),
+                None => (0..r).rev().collect(),
+            };
+            // Output dim j of the Transpose is input dim perm[j].
+            let mut xex = vec![String::new(); r];
+            let valid = perm.len() == r && exprs.len() == r;
+            if valid {
+                for (j, &p) in perm.iter().enumerate() {
+                    if p < r && xex[p].is_empty() {
+                        xex[p] = exprs[j].clone();
+                    }
+                }
+            }
+            if valid && xex.iter().all(|e| !e.is_empty()) {
+                let ssa = self.val(x).map_err(|e| e.to_string())?;
+                return Ok(In { ssa, dtype: dt, shape, exprs: xex });
+            }
+        }
+        let (dt, shape) = self.dims_of(v).map_err(|e| e.to_string())?;
+        let ssa = self.val(v).map_err(|e| e.to_string())?;
+        Ok(In { ssa, dtype: dt, shape, exprs })
     }
 
     pub(super) fn gather(
