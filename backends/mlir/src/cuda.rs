@@ -1057,7 +1057,7 @@ mod tests {
             // SAFETY: a zero-sized launch reads no parameters.
             unsafe {
                 rt_launch_kernel(
-                    1 as *mut c_void,
+                    std::ptr::dangling_mut::<c_void>(),
                     0,
                     1,
                     1,
