@@ -226,16 +226,15 @@ fn transform_script(found: &[Contraction]) -> String {
     // across the reduction loop (hoisting its read and write), and lower
     // the contraction to FMAs of rows of B by broadcast elements of A.
     l.push(format!("  %func = transform.structured.match ops{{[\"func.func\"]}} in %root : {one}"));
-    l.push("  transform.apply_patterns to %func {".into());
-    for p in [
-        "vector.reduction_to_contract",
-        "vector.transfer_permutation_patterns",
-        "tensor.fold_tensor_subset_ops_into_vector_transfers",
-        "canonicalization",
-    ] {
-        l.push(format!("    transform.apply_patterns.{p}"));
-    }
-    l.push(format!("  }} : {ANY}"));
+    apply_patterns(
+        &mut l,
+        &[
+            "vector.reduction_to_contract",
+            "vector.transfer_permutation_patterns",
+            "tensor.fold_tensor_subset_ops_into_vector_transfers",
+            "canonicalization",
+        ],
+    );
     l.push(format!("  transform.apply_cse to %func : {ANY}"));
     l.push(format!("  %tiles = transform.structured.match ops{{[\"scf.forall\"]}} in %root : {one}"));
     l.push(format!("  transform.foreach %tiles : {ANY} {{"));
@@ -246,23 +245,32 @@ fn transform_script(found: &[Contraction]) -> String {
     l.push(format!("      transform.loop.hoist_loop_invariant_subsets %f : {ANY}"));
     l.push("    }".into());
     l.push("  }".into());
-    l.push("  transform.apply_patterns to %func {".into());
-    for p in [
-        "vector.lower_contraction lowering_strategy = \"outerproduct\"",
-        "vector.transfer_permutation_patterns",
-        "vector.lower_transfer max_transfer_rank = 1",
-        "vector.lower_transpose lowering_strategy = \"shuffle_1d\"",
-        "vector.lower_outerproduct",
-        "vector.lower_broadcast",
-        "vector.lower_shape_cast",
-        "canonicalization",
-    ] {
-        l.push(format!("    transform.apply_patterns.{p}"));
-    }
-    l.push(format!("  }} : {ANY}"));
+    apply_patterns(
+        &mut l,
+        &[
+            "vector.lower_contraction lowering_strategy = \"outerproduct\"",
+            "vector.transfer_permutation_patterns",
+            "vector.lower_transfer max_transfer_rank = 1",
+            "vector.lower_transpose lowering_strategy = \"shuffle_1d\"",
+            "vector.lower_outerproduct",
+            "vector.lower_broadcast",
+            "vector.lower_shape_cast",
+            "canonicalization",
+        ],
+    );
     l.push("  transform.yield".into());
     l.push("}".into());
     l.join("\n")
+}
+
+/// One `transform.apply_patterns` on the function (`%func`) with the given
+/// pattern sets, in order.
+fn apply_patterns(l: &mut Vec<String>, patterns: &[&str]) {
+    l.push("  transform.apply_patterns to %func {".into());
+    for p in patterns {
+        l.push(format!("    transform.apply_patterns.{p}"));
+    }
+    l.push("  } : !transform.any_op".into());
 }
 
 /// The name of an operation.

@@ -943,27 +943,6 @@ mod tests {
         Some(shape.split('x').count() - 1)
     }
 
-    /// Splits `index, memref<2x4xf32, strided<[4, 1]>>, f32` at the commas
-    /// outside brackets.
-    fn split_types(sig: &str) -> Vec<&str> {
-        let (mut depth, mut start, mut out) = (0i32, 0, Vec::new());
-        for (i, c) in sig.char_indices() {
-            match c {
-                '<' | '[' | '(' => depth += 1,
-                '>' | ']' | ')' => depth -= 1,
-                ',' if depth == 0 => {
-                    out.push(sig[start..i].trim());
-                    start = i + 1;
-                }
-                _ => {}
-            }
-        }
-        if !sig[start..].trim().is_empty() {
-            out.push(sig[start..].trim());
-        }
-        out
-    }
-
     #[test]
     fn host_code_loads_every_kernel_and_launches_them_as_recorded() {
         let g = graph();
@@ -1002,7 +981,7 @@ mod tests {
             // A memref of rank r is passed as its descriptor: allocated and
             // aligned pointers, offset, r sizes, r strides.
             let mut words = words.iter();
-            for t in split_types(sig) {
+            for t in crate::gpu_map::split_top_level(sig) {
                 match memref_rank(t) {
                     Some(rank) => {
                         for _ in 0..2 {

@@ -211,8 +211,9 @@ fn reorder_generic(line: &str, aliases: &std::collections::HashMap<&str, &str>) 
     ))
 }
 
-/// Splits `a<x, y>, b` at the commas outside brackets.
-fn split_top_level(text: &str) -> Vec<&str> {
+/// Splits `index, memref<2x4xf32, strided<[4, 1]>>, f32` at the commas
+/// outside brackets (an empty text has no parts).
+pub(crate) fn split_top_level(text: &str) -> Vec<&str> {
     let (mut depth, mut start, mut parts) = (0i32, 0, Vec::new());
     for (i, c) in text.char_indices() {
         match c {
@@ -225,7 +226,9 @@ fn split_top_level(text: &str) -> Vec<&str> {
             _ => {}
         }
     }
-    parts.push(text[start..].trim());
+    if !text[start..].trim().is_empty() {
+        parts.push(text[start..].trim());
+    }
     parts
 }
 
