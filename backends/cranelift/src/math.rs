@@ -211,62 +211,43 @@ impl Math {
         self.select(b, nan, x, y)
     }
 
-    /// The error function.
+    /// The error function, as `x P(x²) / Q(x²)` on `x` clamped to ±4
+    /// (beyond that erf is 1 in f32).
+    ///
+    /// P and Q (degree 5 each) were fitted to erf(x)/x on [0, 4] by
+    /// iterated linearised least squares in f64; evaluated in f32 the
+    /// result is within 2.4e-7 relative of the exact value over the test
+    /// grid. One division and ten multiply-adds per lane replace the earlier
+    /// Taylor series + erfc-times-exp pair, which computed both branches for
+    /// every element: erf bounds the speed of a torch-exported GELU, the
+    /// epilogue of every feed-forward up-projection.
     pub fn erf(&self, b: &mut FunctionBuilder, x: Value) -> Value {
-        let ax = b.ins().fabs(x);
-        // |x| <= 1: Taylor series x * P(x^2).
-        let x2 = b.ins().fmul(x, x);
-        let mut c = [0f32; 11];
-        let mut fact = 1.0f64;
-        for (n, slot) in c.iter_mut().enumerate() {
-            if n > 0 {
-                fact *= n as f64;
-            }
-            let sign = if n % 2 == 0 { 1.0 } else { -1.0 };
-            *slot = (2.0 / std::f64::consts::PI.sqrt() * sign / (fact * (2 * n + 1) as f64)) as f32;
-        }
-        let p = self.poly(b, x2, &c);
-        let small = b.ins().fmul(p, x);
-        // 1 < |x| <= 4: erfc(x) = e^(-x^2) R(x), R fitted in u = (|x|-2.5)/1.5.
-        let c25 = self.f(b, 2.5);
-        let inv = self.f(b, 1.0 / 1.5);
-        let u = b.ins().fsub(ax, c25);
-        let u = b.ins().fmul(u, inv);
-        let r = self.poly(
+        let lo = self.f(b, -4.0);
+        let hi = self.f(b, 4.0);
+        // NaN stays NaN through fmin/fmax (Cranelift propagates it).
+        let xc = b.ins().fmax(x, lo);
+        let xc = b.ins().fmin(xc, hi);
+        let t = b.ins().fmul(xc, xc);
+        let p = self.poly(
             b,
-            u,
+            t,
             &[
-                0.210_806_36,
-                -0.111_521_01,
-                0.056_110_84,
-                -0.027_005_626,
-                0.012_485_099,
-                -0.005_567_948,
-                0.002_422_577_7,
-                -0.001_015_575_2,
-                0.000_372_012_3,
-                -0.000_145_622_57,
-                9.460_671e-5,
-                -3.627_375_3e-5,
+                std::f32::consts::FRAC_2_SQRT_PI,
+                0.193_652_59,
+                0.053_133_22,
+                0.003_894_913,
+                0.000_286_022_58,
+                2.000_139_6e-6,
             ],
         );
-        let ax2 = b.ins().fmul(ax, ax);
-        let nax2 = b.ins().fneg(ax2);
-        let e = self.exp(b, nax2);
-        let erfc = b.ins().fmul(e, r);
+        let q = self.poly(b, t, &[1.0, 0.504_952, 0.115_411_19, 0.015_226_343, 0.001_190_797_7, 3.763_822_3e-5]);
+        let r = b.ins().fdiv(p, q);
+        let y = b.ins().fmul(xc, r);
+        // The fit overshoots 1 by an ulp near the clamp; erf never does.
         let one = self.f(b, 1.0);
-        let mid = b.ins().fsub(one, erfc);
-        let four = self.f(b, 4.0);
-        let sat = b.ins().fcmp(FloatCC::GreaterThan, ax, four);
-        let mid = self.select(b, sat, one, mid);
-        let neg = b.ins().fneg(mid);
-        let zero = self.f(b, 0.0);
-        let is_neg = b.ins().fcmp(FloatCC::LessThan, x, zero);
-        let big = self.select(b, is_neg, neg, mid);
-        let is_small = b.ins().fcmp(FloatCC::LessThanOrEqual, ax, one);
-        let y = self.select(b, is_small, small, big);
-        let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
-        self.select(b, nan, x, y)
+        let minus_one = self.f(b, -1.0);
+        let y = b.ins().fmin(y, one);
+        b.ins().fmax(y, minus_one)
     }
 
     /// `1 / (1 + e^-x)`.
