@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{argmax, log_softmax};
+
 use sharc::data::read_safetensors;
 use sharc::interp::Interpreter;
 use sharc::ir::{Evaluator, Graph, Tensor, Value};
@@ -23,16 +25,6 @@ fn first_output(g: &Graph, x: &[Value]) -> (Vec<f64>, usize) {
     let out = Interpreter::new().evaluate(g, x).unwrap_or_else(|e| panic!("{e}"));
     let t = out[0].as_tensor().unwrap();
     (t.to_f64_vec().unwrap(), t.shape().last().copied().unwrap_or(1))
-}
-
-fn log_softmax(x: &[f64]) -> Vec<f64> {
-    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let s = x.iter().map(|v| (v - m).exp()).sum::<f64>().ln() + m;
-    x.iter().map(|v| v - s).collect()
-}
-
-fn argmax(x: &[f64]) -> usize {
-    (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b })
 }
 
 /// Relative MSE `Σ(a−b)²/Σa²`, and for logits (`vocab` columns) the mean

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{argmax, log_softmax};
+
 use sharc::data::read_safetensors;
 use sharc::interp::Interpreter;
 use sharc::ir::{Evaluator, Graph, Tensor, Value};
@@ -45,16 +47,6 @@ fn score(reference: &[Vec<f64>], g: &Graph, eval: &[Tensor]) -> (f64, f64, f64) 
     }
     let pred = (eval.len() * eval[0].shape()[0] * (eval[0].shape()[1] - 1)) as f64;
     (nll / pred, kl / n as f64, agree as f64 / n as f64)
-}
-
-fn log_softmax(x: &[f64]) -> Vec<f64> {
-    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let s = x.iter().map(|v| (v - m).exp()).sum::<f64>().ln() + m;
-    x.iter().map(|v| v - s).collect()
-}
-
-fn argmax(x: &[f64]) -> usize {
-    (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b })
 }
 
 #[test]

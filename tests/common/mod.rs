@@ -53,3 +53,15 @@ pub fn one_line(s: &str) -> String {
         line.to_string()
     }
 }
+
+/// Log-probabilities of a row of logits.
+pub fn log_softmax(x: &[f64]) -> Vec<f64> {
+    let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let s = x.iter().map(|v| (v - m).exp()).sum::<f64>().ln() + m;
+    x.iter().map(|v| v - s).collect()
+}
+
+/// The index of the first largest value.
+pub fn argmax(x: &[f64]) -> usize {
+    (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b })
+}

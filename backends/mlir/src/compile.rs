@@ -1130,7 +1130,7 @@ pub fn gpu_compile(lowered: &Lowered, chip: &str) -> Result<GpuModule, MlirError
 /// [`gpu_compile`] for an explicit target (architecture and libdevice).
 pub fn gpu_compile_for(lowered: &Lowered, target: &NvvmTarget) -> Result<GpuModule, MlirError> {
     let mut stages = Vec::new();
-    let mapped = map_to_gpu(lowered, &mut stages)?;
+    let mapped = map_to_gpu(lowered, Some(&mut stages))?;
     let kernels = describe_kernels(&mapped);
     let mlir = Mlir::new();
     let mut module = mlir.parse(&mapped)?;
@@ -1153,23 +1153,35 @@ pub fn gpu_compile_for(lowered: &Lowered, target: &NvvmTarget) -> Result<GpuModu
 }
 
 /// The lowered module fused, bufferized and mapped to GPU kernels (see
-/// [`crate::gpu_map`]), as text; each stage's text is pushed to `stages`.
-pub(crate) fn map_to_gpu(lowered: &Lowered, stages: &mut Vec<(String, String)>) -> Result<String, MlirError> {
+/// [`crate::gpu_map`]), as text. With `stages`, each stage's text is pushed
+/// there too (printing a whole model's module takes a while, so the runner,
+/// which shows no stages, does not ask).
+pub(crate) fn map_to_gpu(
+    lowered: &Lowered,
+    mut stages: Option<&mut Vec<(String, String)>>,
+) -> Result<String, MlirError> {
     let mlir = Mlir::new();
     let mut module = mlir.parse(&lowered.text)?;
-    stages.push(("tensor".into(), module.as_operation().to_string()));
+    let mut record = |name: &str, module: &Module| {
+        if let Some(stages) = stages.as_deref_mut() {
+            stages.push((name.to_string(), module.as_operation().to_string()));
+        }
+    };
+    record("tensor", &module);
     mlir.run(&mut module, "fused", CPU_STAGES[0].pipeline)?;
-    stages.push(("fused".into(), module.as_operation().to_string()));
+    record("fused", &module);
     mlir.run(&mut module, "bufferization", BUFFERIZE)?;
     let mut module = mlir.parse(&reductions_innermost(&copies_as_loops(&module.as_operation().to_string())))?;
     mlir.run(&mut module, "gpu mapping", &GpuMapping::from_env()?.pipeline())?;
     let mapped = module.as_operation().to_string();
-    stages.push(("gpu".into(), mapped.clone()));
+    if let Some(stages) = stages {
+        stages.push(("gpu".into(), mapped.clone()));
+    }
     Ok(mapped)
 }
 
 /// The objects (PTX text with `format=isa`) of every `gpu.binary` op.
-fn binary_objects(module: &Module) -> Vec<String> {
+pub(crate) fn binary_objects(module: &Module) -> Vec<String> {
     use mlir_sys::*;
     let mut out = Vec::new();
     // SAFETY: plain reads through MLIR's C API on a live module; every handle

@@ -33,7 +33,7 @@
 
 use crate::MlirError;
 use crate::compile::{
-    Mlir, byte_size, check_inputs, describe_kernels, descriptor, map_to_gpu, memref_copy, weight_bytes,
+    Mlir, binary_objects, byte_size, check_inputs, describe_kernels, descriptor, map_to_gpu, memref_copy, weight_bytes,
 };
 use crate::lower::{ArgKind, ArgSpec, ENTRY, Lowered};
 use crate::nvvm::NvvmTarget;
@@ -489,13 +489,13 @@ impl GpuExecutable {
         chip: &str,
     ) -> Result<GpuExecutable, MlirError> {
         let target = NvvmTarget::new(chip)?;
-        let mapped = map_to_gpu(lowered, &mut Vec::new())?;
+        let mapped = map_to_gpu(lowered, None)?;
         let kernels = describe_kernels(&mapped);
         let mlir = Mlir::new();
         let mut module = mlir.parse(&device_visible_globals(&mapped))?;
         mlir.run(&mut module, "host math", HOST_MATH)?;
         mlir.run(&mut module, "host code and NVVM/PTX", &target.pipeline())?;
-        target.check_no_libdevice_calls(&module.as_operation().to_string())?;
+        target.check_no_libdevice_calls(&binary_objects(&module).join("\n"))?;
         let engine = Engine::new(&module, 3)?;
         for (name, ptr) in runtime_symbols() {
             engine.register(name, ptr);

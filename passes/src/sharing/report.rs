@@ -425,13 +425,15 @@ impl FinalAccumulator {
     }
 }
 
-fn log_softmax(x: &[f32]) -> Vec<f64> {
+/// Log-probabilities of a row of logits, in f64.
+pub(crate) fn log_softmax(x: &[f32]) -> Vec<f64> {
     let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
     let lse = max + x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
     x.iter().map(|&v| v as f64 - lse).collect()
 }
 
-fn argmax(x: &[f64]) -> usize {
+/// The index of the first largest value.
+pub(crate) fn argmax(x: &[f64]) -> usize {
     let mut best = 0;
     for (i, v) in x.iter().enumerate() {
         if *v > x[best] {

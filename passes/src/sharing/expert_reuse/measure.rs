@@ -1,6 +1,7 @@
 //! Running a graph on calibration batches to read inner values, and the
 //! fidelity measures the MoE and dictionary reports share.
 
+use crate::sharing::report::{argmax, log_softmax};
 use sharc_ir::{Evaluator, Graph, GraphOutput, NodeId, Op, Tensor, Value, ValueRef};
 use std::collections::{HashSet, VecDeque};
 
@@ -98,7 +99,8 @@ impl LogitSum {
             let lp = log_softmax(r);
             let lq = log_softmax(a);
             self.kl += lp.iter().zip(&lq).map(|(p, q)| p.exp() * (p - q)).sum::<f64>();
-            if argmax(r) == argmax(a) {
+            // log-softmax is strictly increasing, so its argmax is the logits'.
+            if argmax(&lp) == argmax(&lq) {
                 self.agree += 1;
             }
             self.rows += 1;
@@ -115,23 +117,6 @@ impl LogitSum {
     pub fn top1(&self) -> f64 {
         if self.rows == 0 { 1.0 } else { self.agree as f64 / self.rows as f64 }
     }
-}
-
-fn log_softmax(x: &[f32]) -> Vec<f64> {
-    let m = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(f64::from(*v)));
-    let s: f64 = x.iter().map(|v| (f64::from(*v) - m).exp()).sum();
-    let ls = s.ln() + m;
-    x.iter().map(|v| f64::from(*v) - ls).collect()
-}
-
-fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in x.iter().enumerate() {
-        if *v > x[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// Removes nodes no graph output depends on (graph inputs stay) and then
