@@ -41,8 +41,11 @@ pub struct Args {
     /// Turn kernel fusion off (to measure what it buys).
     #[arg(long)]
     no_fuse: bool,
-    /// Which GEMM the cranelift backend uses.
-    #[arg(long, default_value = "crate", value_parser = ["crate", "cranelift"])]
+    /// Which GEMM the cranelift backend uses: `packed` (weights packed at
+    /// compile time, AVX2+FMA microkernel; the crate where the CPU lacks
+    /// them), `crate` (the `gemm` crate) or `cranelift` (generated, as in
+    /// object files).
+    #[arg(long, default_value = "packed", value_parser = ["packed", "crate", "cranelift"])]
     gemm: String,
     /// Also write the results as JSON to this file.
     #[arg(long)]
@@ -134,8 +137,7 @@ pub fn run(a: Args) -> Result<(), Error> {
         "iters": a.iters,
     });
 
-    let tuning =
-        Tuning { threads: Some(threads), fuse: !a.no_fuse, cranelift_gemm: a.gemm == "cranelift", profile: false };
+    let tuning = Tuning { threads: Some(threads), fuse: !a.no_fuse, gemm: gemm_impl(&a.gemm), profile: false };
     let prepared = a.backend.prepare(&g, &inputs, &tuning).map_err(eval_err)?;
     for line in prepared.describe() {
         println!("{line}");
@@ -248,4 +250,13 @@ pub fn run(a: Args) -> Result<(), Error> {
         sharc::io::write_atomic(p, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// The GEMM that `--gemm` names (clap has checked the spelling).
+fn gemm_impl(name: &str) -> sharc_cranelift::GemmImpl {
+    match name {
+        "crate" => sharc_cranelift::GemmImpl::Crate,
+        "cranelift" => sharc_cranelift::GemmImpl::Cranelift,
+        _ => sharc_cranelift::GemmImpl::Packed,
+    }
 }

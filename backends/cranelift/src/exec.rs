@@ -2,7 +2,8 @@
 //! an arena reused across runs, and optional per-step timing.
 
 use crate::codegen;
-use crate::matmul::{GemmImpl, MatMulSpec, SendPtr, run_gemm_crate};
+use crate::matmul::{GemmImpl, MatMulSpec, PanelB, SendPtr, run_gemm_crate, run_packed};
+use crate::packed_gemm::{self, PackedB};
 use crate::plan::{Loc, OutSrc, Plan, PlanStats, Step, TArg, View};
 use crate::specialize::Specialized;
 use crate::{CompileError, CompileOptions};
@@ -12,7 +13,7 @@ use rayon::prelude::*;
 use sharc_interp::ops::{OpContext, run_op};
 use sharc_ir::{DType, EvalError, Graph, Tensor, TensorData, Type, Value, WeightData, WeightId};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A kernel's entry point: `(pointer table, first row, end row)`.
@@ -74,6 +75,9 @@ pub struct Compiled {
     threads: usize,
     pool: Option<rayon::ThreadPool>,
     gemm: GemmImpl,
+    /// Right operands packed at compile time, by step. A weight used by
+    /// several products (a tied layer) is packed once and shared.
+    prepacked: HashMap<usize, Arc<PackedB>>,
     arenas: Mutex<Vec<Vec<Line>>>,
     profile: Option<Mutex<Vec<(u64, Duration)>>>,
     input_names: Vec<String>,
@@ -173,6 +177,12 @@ impl Compiled {
                 keep_alive.extend(keep);
             }
         }
+        // The packed product needs AVX2 and FMA; elsewhere the crate runs.
+        let gemm = match opts.gemm {
+            GemmImpl::Packed if !packed_gemm::available() => GemmImpl::Crate,
+            g => g,
+        };
+        let prepacked = if gemm == GemmImpl::Packed { prepack(&plan, &weights) } else { HashMap::new() };
         let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).max(1);
         let pool = match opts.threads {
             Some(t) => Some(
@@ -201,7 +211,8 @@ impl Compiled {
             _weight_copies: keep_alive,
             threads,
             pool,
-            gemm: opts.gemm,
+            gemm,
+            prepacked,
             arenas: Mutex::new(Vec::new()),
             profile,
             input_names,
@@ -220,6 +231,13 @@ impl Compiled {
     /// run by the interpreter, and the arena size.
     pub fn stats(&self) -> &PlanStats {
         &self.plan.stats
+    }
+
+    /// Bytes of weights packed for the matrix products at compile time
+    /// (each distinct operand once: a tied weight counts once).
+    pub fn packed_weight_bytes(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        self.prepacked.values().filter(|p| seen.insert(Arc::as_ptr(p))).map(|p| p.bytes()).sum()
     }
 
     /// Number of distinct kernels generated (identical kernels are shared).
@@ -401,6 +419,31 @@ impl Compiled {
                                 }
                             }
                         });
+                    }
+                    (GemmImpl::Packed, _) => {
+                        let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
+                        let b = match self.prepacked.get(&i) {
+                            Some(p) => PanelB::Prepacked(p),
+                            None => PanelB::Strided(SendPtr(pb as *mut f32)),
+                        };
+                        // SAFETY: as for the crate below; `prepack` packed the
+                        // step's own B, and `packed_gemm::available` was checked
+                        // when `self.gemm` was chosen.
+                        unsafe {
+                            run_packed(
+                                spec,
+                                pa as *const f32,
+                                b,
+                                po as *mut f32,
+                                self.threads,
+                                epi_ref.map(|(f, p)| {
+                                    move |s: usize, e: usize| {
+                                        let p = p;
+                                        f(p.0 as *const *mut u8, s as i64, e as i64)
+                                    }
+                                }),
+                            )
+                        }
                     }
                     (GemmImpl::Crate, _) => {
                         let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
@@ -628,6 +671,42 @@ fn standard(t: &Tensor) -> Tensor {
 /// Where a weight's elements are: in the mapped file when it is aligned for
 /// its type (no copy), else in its decoded tensor (in standard layout; a
 /// copy is returned to keep alive when the stored tensor is not).
+/// Packs the right operand of every product whose `B` is a constant shared
+/// by the whole batch (a weight, or a folded constant), once per distinct
+/// operand: products that read the same weight through the same strides (a
+/// layer tied N times) share one packed copy.
+fn prepack(plan: &Plan, weights: &HashMap<WeightId, ConstPtr>) -> HashMap<usize, Arc<PackedB>> {
+    // (where, offset, k, n, row stride, column stride): one matrix.
+    type Operand = (Loc, isize, usize, usize, isize, isize);
+    let mut by_operand: HashMap<Operand, Arc<PackedB>> = HashMap::new();
+    let mut out = HashMap::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let Step::MatMul { spec, b, .. } = step else { continue };
+        if spec.b_bstrides.iter().any(|&s| s != 0) {
+            continue;
+        }
+        let base = match b.loc {
+            Loc::Weight(w) => match weights.get(&w) {
+                Some(p) => p.0 as *const f32,
+                None => continue,
+            },
+            Loc::Const(c) => data_ptr(&plan.consts[c]) as *const f32,
+            Loc::Arena(_) | Loc::Dyn(_) => continue,
+        };
+        let key = (b.loc, b.offset, spec.k, spec.n, spec.b_rs, spec.b_cs);
+        let packed = by_operand
+            .entry(key)
+            .or_insert_with(|| {
+                // SAFETY: the planner built the view inside the constant, and
+                // the spec's strides are the view's.
+                Arc::new(unsafe { PackedB::pack(base.wrapping_offset(b.offset), spec.k, spec.n, spec.b_rs, spec.b_cs) })
+            })
+            .clone();
+        out.insert(i, packed);
+    }
+    out
+}
+
 fn weight_ptr(w: &sharc_ir::Weight) -> (ConstPtr, Option<Tensor>) {
     if let WeightData::Mapped { .. } = &w.data
         && let Some(bytes) = w.mapped_bytes()
