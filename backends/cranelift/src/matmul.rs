@@ -11,6 +11,7 @@
 use crate::packed_gemm::{self, PackedB};
 use crate::plan::View;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// Which GEMM computes matrix products.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -321,27 +322,35 @@ pub(crate) unsafe fn run_packed<E: Fn(usize, usize) + Sync>(
         assert!(p.k() == k && p.n() == n, "a prepacked operand must be the spec's B (a bug in the planner)");
     }
     let (a, out) = (SendPtr(a as *mut f32), SendPtr(out));
-    // Rows r0..r1 of matrix i against a packed B, then their epilogue.
-    let rows = |i: usize, r0: usize, r1: usize, packed: &PackedB| {
+    // Rows r0..r1 of matrix i, over the columns of some panels of B.
+    let product = |i: usize, r0: usize, r1: usize, panels: Range<usize>, packed: &PackedB| {
         let (oa, _) = spec.batch_offsets(i);
         let (a, out) = (a, out);
         // SAFETY: offsets stay within the views (checked by the planner's
-        // shapes); each call writes its own rows of `out`.
+        // shapes); each call writes its own rows or columns of `out`.
         unsafe {
             packed_gemm::gemm_rows(
                 a.0.offset(oa + r0 as isize * spec.a_rs),
                 spec.a_rs,
                 spec.a_cs,
                 packed,
+                panels,
                 out.0.add((i * m + r0) * n),
                 n,
                 r1 - r0,
                 spec.alpha(),
             )
         };
+    };
+    let finish = |i: usize, r0: usize, r1: usize| {
         if let Some(e) = &epilogue {
             e(i * m + r0, i * m + r1);
         }
+    };
+    // Rows r0..r1 of matrix i whole, then their epilogue while in cache.
+    let rows = |i: usize, r0: usize, r1: usize, packed: &PackedB| {
+        product(i, r0, r1, 0..packed.panels(), packed);
+        finish(i, r0, r1);
     };
     // Matrix i's B, packed into `buf` unless it was packed at compile time.
     let b_addr = match b {
@@ -355,9 +364,9 @@ pub(crate) unsafe fn run_packed<E: Fn(usize, usize) + Sync>(
             unsafe { buf.repack(p.0.offset(ob), k, n, spec.b_rs, spec.b_cs) };
         }
     };
-    let work = (m * n * k.max(1) * count) as f64;
+    let threaded = threads > 1 && (m * n * k.max(1) * count) as f64 >= 2e5;
     let whole_matrices = count >= 2 * threads || (count >= threads && m < 64);
-    if threads > 1 && work >= 2e5 && whole_matrices {
+    if threaded && whole_matrices {
         (0..count).into_par_iter().for_each(|i| match b {
             PanelB::Prepacked(p) => rows(i, 0, m, p),
             PanelB::Strided(_) => PACK_BUFFER.with_borrow_mut(|buf| {
@@ -369,10 +378,15 @@ pub(crate) unsafe fn run_packed<E: Fn(usize, usize) + Sync>(
     }
     // Slices of rows, a multiple of the microkernel's 6 rows and at least
     // 48, one to four per thread: each slice reads all of B again (from the
-    // shared cache), so more slices only pay for balance.
-    let slices = if threads > 1 && work >= 2e5 { threads * (m / (48 * threads)).clamp(1, 4) } else { 1 };
+    // shared cache), so more slices only pay for balance. With too few rows
+    // for that (one token at a time, a small batch), threads take groups of
+    // columns instead, and the epilogue runs once they have all finished.
+    let panels = n.div_ceil(packed_gemm::NR);
+    let by_columns = threaded && m < 48 * threads && panels >= 2 * threads;
+    let slices = if threaded { threads * (m / (48 * threads)).clamp(1, 4) } else { 1 };
     let per = m.div_ceil(slices).next_multiple_of(packed_gemm::MR).min(m);
     let slices = m.div_ceil(per);
+    let per_group = panels.div_ceil(2 * threads);
     let mut own = PackedB::default();
     for i in 0..count {
         let packed = match b {
@@ -382,7 +396,12 @@ pub(crate) unsafe fn run_packed<E: Fn(usize, usize) + Sync>(
                 &own
             }
         };
-        if slices == 1 {
+        if by_columns {
+            (0..panels.div_ceil(per_group))
+                .into_par_iter()
+                .for_each(|g| product(i, 0, m, g * per_group..((g + 1) * per_group).min(panels), packed));
+            finish(i, 0, m);
+        } else if slices == 1 {
             rows(i, 0, m, packed);
         } else {
             (0..slices).into_par_iter().for_each(|s| rows(i, s * per, ((s + 1) * per).min(m), packed));
@@ -473,6 +492,8 @@ mod tests {
             (view(&[3, 1, 37, 53]), view(&[1, 4, 53, 19]), vec![3, 4, 37, 19]),
             (view(&[4, 45, 61]), t, vec![4, 45, 19]),
             (view(&[101, 53]), view(&[53, 47]), vec![101, 47]),
+            // Too few rows to split: the packed runner splits columns.
+            (view(&[7, 61]), view(&[61, 530]), vec![7, 530]),
             (view(&[5, 3]), view(&[3, 2]), vec![5, 2]),
         ];
         for (av, bv, out_shape) in cases {

@@ -27,6 +27,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 /// Columns per panel: two 8-lane vectors.
 pub(crate) const NR: usize = 16;
@@ -111,6 +112,11 @@ impl PackedB {
         self.n
     }
 
+    /// Number of panels ([`NR`] columns each, the last may be narrower).
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
     /// Bytes held by the packed copy.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
@@ -129,13 +135,16 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `C[r, :] = alpha * A[r, :] · B` for the `rows` rows of `A` at `a` (row
-/// stride `a_rs`, column stride `a_cs`), writing rows of `C` `c_rs` apart.
+/// `C[r, cols] = alpha * A[r, :] · B[:, cols]` for the `rows` rows of `A`
+/// at `a` (row stride `a_rs`, column stride `a_cs`) and the columns of the
+/// given `panels` of `B` (all of them: `0..b.panels()`), writing rows of `C`
+/// `c_rs` apart (`c` addresses column 0).
 ///
 /// # Safety
 /// [`available`] must be true; `a` must address `rows` x `b.k()` readable
 /// values through its strides and `c` `rows` rows of `b.n()` writable ones
-/// that nothing else touches meanwhile.
+/// whose columns in `panels` nothing else touches meanwhile; `panels` must
+/// lie within `0..b.panels()`.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)] // a BLAS-style signature: operands with their strides
 pub(crate) unsafe fn gemm_rows(
@@ -143,13 +152,14 @@ pub(crate) unsafe fn gemm_rows(
     a_rs: isize,
     a_cs: isize,
     b: &PackedB,
+    panels: Range<usize>,
     c: *mut f32,
     c_rs: usize,
     rows: usize,
     alpha: f32,
 ) {
     // SAFETY: forwarded from the caller, who checked `available`.
-    unsafe { gemm_rows_avx2(a, a_rs, a_cs, b, c, c_rs, rows, alpha) }
+    unsafe { gemm_rows_avx2(a, a_rs, a_cs, b, panels, c, c_rs, rows, alpha) }
 }
 
 /// Stand-in where the packed product cannot exist; [`available`] is false
@@ -164,6 +174,7 @@ pub(crate) unsafe fn gemm_rows(
     _a_rs: isize,
     _a_cs: isize,
     _b: &PackedB,
+    _panels: Range<usize>,
     _c: *mut f32,
     _c_rs: usize,
     _rows: usize,
@@ -180,29 +191,30 @@ unsafe fn gemm_rows_avx2(
     a_rs: isize,
     a_cs: isize,
     b: &PackedB,
+    panels: Range<usize>,
     c: *mut f32,
     c_rs: usize,
     rows: usize,
     alpha: f32,
 ) {
     let (k, n) = (b.k, b.n);
-    if rows == 0 || n == 0 {
+    let (first, end) = (panels.start * NR, (panels.end * NR).min(n));
+    if rows == 0 || first >= end {
         return;
     }
     if k == 0 {
         for r in 0..rows {
-            // SAFETY: row r of C is writable for n values.
-            unsafe { std::ptr::write_bytes(c.add(r * c_rs), 0, n) };
+            // SAFETY: row r of C is writable over the panels' columns.
+            unsafe { std::ptr::write_bytes(c.add(r * c_rs + first), 0, end - first) };
         }
         return;
     }
     let kblocks = k.div_ceil(KC_MAX);
     let kc = k.div_ceil(kblocks);
-    let panels = n.div_ceil(NR);
     for m0 in (0..rows).step_by(MC) {
         let mrows = (rows - m0).min(MC);
-        for j0 in (0..panels).step_by(NC / NR) {
-            let j1 = (j0 + NC / NR).min(panels);
+        for j0 in panels.clone().step_by(NC / NR) {
+            let j1 = (j0 + NC / NR).min(panels.end);
             for p0 in (0..k).step_by(kc) {
                 let kcb = (k - p0).min(kc);
                 let accumulate = p0 > 0;
@@ -347,7 +359,19 @@ mod tests {
                 let packed = unsafe { PackedB::pack(b.as_ptr(), k, n, b_rs as isize, b_cs as isize) };
                 let mut c = vec![f32::NAN; m * n];
                 // SAFETY: available() checked; buffers sized for m x n.
-                unsafe { gemm_rows(a.as_ptr(), a_rs as isize, a_cs as isize, &packed, c.as_mut_ptr(), n, m, 0.5) };
+                unsafe {
+                    gemm_rows(
+                        a.as_ptr(),
+                        a_rs as isize,
+                        a_cs as isize,
+                        &packed,
+                        0..packed.panels(),
+                        c.as_mut_ptr(),
+                        n,
+                        m,
+                        0.5,
+                    )
+                };
                 let want = naive(&a, a_rs, a_cs, &b, b_rs, b_cs, m, n, k);
                 for (i, (&g, &w)) in c.iter().zip(&want).enumerate() {
                     assert!(
@@ -374,11 +398,21 @@ mod tests {
         let packed = unsafe { PackedB::pack(b.as_ptr(), k, n, n as isize, 1) };
         let mut c = vec![-1f32; (m + 1) * ld];
         // SAFETY: m rows of ld values with n <= ld.
-        unsafe { gemm_rows(a.as_ptr(), k as isize, 1, &packed, c.as_mut_ptr(), ld, m, 1.0) };
+        unsafe { gemm_rows(a.as_ptr(), k as isize, 1, &packed, 0..packed.panels(), c.as_mut_ptr(), ld, m, 1.0) };
         for r in 0..=m {
             for col in 0..ld {
                 let want = if r < m && col < n { 18.0 } else { -1.0 };
                 assert_eq!(c[r * ld + col], want, "row {r} col {col}");
+            }
+        }
+        // Only the second panel: columns 16..20.
+        let mut c = vec![-1f32; m * ld];
+        // SAFETY: as above.
+        unsafe { gemm_rows(a.as_ptr(), k as isize, 1, &packed, 1..2, c.as_mut_ptr(), ld, m, 1.0) };
+        for r in 0..m {
+            for col in 0..ld {
+                let want = if (16..n).contains(&col) { 18.0 } else { -1.0 };
+                assert_eq!(c[r * ld + col], want, "panel 1: row {r} col {col}");
             }
         }
     }
