@@ -72,29 +72,40 @@ impl PackedB {
         self.k = k;
         self.n = n;
         let panels = n.div_ceil(NR);
-        self.data.clear();
+        // Every value is overwritten below except the last panel's padding,
+        // which is zeroed there: no need to clear the buffer first.
         self.data.resize(panels * k * NR, 0.0);
         for j in 0..panels {
             let c0 = j * NR;
             let width = (n - c0).min(NR);
             let dst = &mut self.data[j * k * NR..(j + 1) * k * NR];
+            if width < NR {
+                for row in dst.chunks_exact_mut(NR) {
+                    row[width..].fill(0.0);
+                }
+            }
             // Walk the source along its unit stride: a transposed operand
             // (keys in attention) is read column by column.
-            // SAFETY: (p, c) stays inside the caller's matrix.
+            // SAFETY: (p, c) stays inside the caller's matrix, and the
+            // destination panel holds k x NR values.
             unsafe {
-                if cs == 1 || rs.unsigned_abs() >= cs.unsigned_abs() {
+                let dst = dst.as_mut_ptr();
+                if cs == 1 {
+                    for p in 0..k {
+                        std::ptr::copy_nonoverlapping(b.offset(p as isize * rs + c0 as isize), dst.add(p * NR), width);
+                    }
+                } else if rs.unsigned_abs() >= cs.unsigned_abs() {
                     for p in 0..k {
                         let src = b.offset(p as isize * rs + c0 as isize * cs);
-                        let row = &mut dst[p * NR..p * NR + width];
-                        for (c, v) in row.iter_mut().enumerate() {
-                            *v = *src.offset(c as isize * cs);
+                        for c in 0..width {
+                            *dst.add(p * NR + c) = *src.offset(c as isize * cs);
                         }
                     }
                 } else {
                     for c in 0..width {
                         let src = b.offset((c0 + c) as isize * cs);
                         for p in 0..k {
-                            dst[p * NR + c] = *src.offset(p as isize * rs);
+                            *dst.add(p * NR + c) = *src.offset(p as isize * rs);
                         }
                     }
                 }
