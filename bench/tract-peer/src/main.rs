@@ -125,8 +125,8 @@ fn from_safetensors(name: &str, t: &safetensors::tensor::TensorView, rows: Optio
     if let Some(rows) = rows {
         let Some(first) = shape.first_mut() else { bail!("'{name}' is a scalar; --rows needs a leading axis") };
         ensure!(rows <= *first, "'{name}' has {} rows, fewer than --rows {rows}", *first);
-        if *first > 0 {
-            bytes = &bytes[..bytes.len() / *first * rows];
+        if let Some(row_bytes) = bytes.len().checked_div(*first) {
+            bytes = &bytes[..row_bytes * rows];
         }
         *first = rows;
     }
@@ -166,7 +166,27 @@ fn max_abs_diff(name: &str, got: &Tensor, want: &Tensor) -> TractResult<f32> {
     }))
 }
 
-fn main() -> TractResult<()> {
+/// Prints the error (or tract's panic, e.g. on an out-of-range index) as one
+/// line on stderr: `sharc bench` quotes the last line when a peer fails.
+fn main() -> std::process::ExitCode {
+    std::panic::set_hook(Box::new(|_| {}));
+    let message = match std::panic::catch_unwind(run) {
+        Ok(Ok(())) => return std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            format!("tract panicked: {what}")
+        }
+    };
+    eprintln!("error: {}", message.replace('\n', " "));
+    std::process::ExitCode::FAILURE
+}
+
+fn run() -> TractResult<()> {
     let a = parse_args()?;
     if a.threads > 1 {
         // tract multiplies matrices on this pool; everything else runs on
