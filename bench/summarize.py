@@ -30,6 +30,10 @@ for f in sorted(out.glob("*.json")):
     tract = peers.get("tract", {}).get("median_ms")
     # A peer that ran a converted file (not the original) is marked.
     tract_text = fmt(tract) + (" (converted)" if peers.get("tract", {}).get("model") else "")
+    # tract times on one thread when that beat the pool in its warm-up.
+    tract_threads = peers.get("tract", {}).get("threads")
+    if tract is not None and tract_threads not in (None, r.get("threads")):
+        tract_text += f" ({tract_threads} thr)"
     s = r["median_ms"]
     ratio = lambda p: f"{s / p:.2f}" if isinstance(p, (int, float)) and p > 0 else "-"
     load = load_of(f.stem)

@@ -278,6 +278,9 @@ pub fn run(a: Args) -> Result<(), Error> {
                 c["max_abs_diff"].as_f64().unwrap_or(f64::NAN)
             );
         }
+        if let Some(n) = result["threads"].as_u64().filter(|&n| n as usize != threads) {
+            println!("peer {peer}: ran on {n} thread(s), faster than {threads} in its warm-up");
+        }
         if let Some(m) = result["model"].as_str() {
             println!("peer {peer}: ran the model {m}");
         }
