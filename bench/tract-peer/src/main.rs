@@ -302,3 +302,48 @@ fn run() -> TractResult<()> {
     println!("{out}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_give_type_and_shape() {
+        assert_eq!(fact("i64:8x128").unwrap(), (i64::datum_type(), vec![8, 128]));
+        assert_eq!(fact("f32:").unwrap(), (f32::datum_type(), vec![]));
+        assert!(fact("i64").unwrap_err().to_string().contains("TYPE:DxD"));
+        assert!(fact("q8:2").unwrap_err().to_string().contains("unsupported input type q8"));
+        assert!(fact("f32:2xz").unwrap_err().to_string().contains("bad dim 'z'"));
+    }
+
+    /// A safetensors file holding `ids`, i64 [3, 2] = 0..6.
+    fn ids_file() -> Vec<u8> {
+        let data: Vec<u8> = (0i64..6).flat_map(i64::to_le_bytes).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::I64, vec![3, 2], &data).unwrap();
+        safetensors::serialize([("ids", view)], None).unwrap()
+    }
+
+    #[test]
+    fn rows_take_the_leading_rows() {
+        let bytes = ids_file();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("ids").unwrap();
+        let two = from_safetensors("ids", &t, Some(2)).unwrap();
+        assert_eq!(two, Tensor::from_shape(&[2, 2], &[0i64, 1, 2, 3]).unwrap());
+        let all = from_safetensors("ids", &t, None).unwrap();
+        assert_eq!(all, Tensor::from_shape(&[3, 2], &[0i64, 1, 2, 3, 4, 5]).unwrap());
+        let err = from_safetensors("ids", &t, Some(4)).unwrap_err().to_string();
+        assert!(err.contains("3 rows, fewer than --rows 4"), "{err}");
+    }
+
+    #[test]
+    fn diffs_count_nan_and_shape_mismatches() {
+        let a = Tensor::from_shape(&[3], &[1f32, 2.0, f32::NAN]).unwrap();
+        let b = Tensor::from_shape(&[3], &[1.5f32, 2.0, f32::NAN]).unwrap();
+        assert_eq!(max_abs_diff("y", &a, &b).unwrap(), 0.5);
+        let c = Tensor::from_shape(&[3], &[1f32, 2.0, 3.0]).unwrap();
+        assert_eq!(max_abs_diff("y", &a, &c).unwrap(), f32::INFINITY);
+        let d = Tensor::from_shape(&[1, 3], &[1f32, 2.0, 3.0]).unwrap();
+        assert!(max_abs_diff("y", &c, &d).unwrap_err().to_string().contains("output 'y'"));
+    }
+}
