@@ -18,7 +18,8 @@
 # load can be recognised and rerun.
 #
 # The tract column comes from bench/tract-peer (tract-onnx, built here in
-# release on first use); its outputs are also checked against onnxruntime's
+# release on first use; it times on one thread or THREADS, whichever its
+# warm-up found faster); its outputs are also checked against onnxruntime's
 # reference outputs (tract-check.txt).
 #
 # Needs: python3 with onnxruntime and numpy; shared/models (SHARC_SHARED_DIR).
