@@ -6,6 +6,7 @@
 #
 #   bench/run.sh                 # all models, peers and kernel figures
 #   ITERS=10 THREADS=2 bench/run.sh
+#   ROUNDS=5 bench/run.sh        # alternate sharc and the peers 5 times (default 3)
 #   SKIP_TRACT=1 bench/run.sh    # without building tract (a long build)
 #   SKIP_KERNELS=1 bench/run.sh  # models only
 #   ONLY=minilm-b8-s128 bench/run.sh   # one row (a substring of its name)
@@ -28,6 +29,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 shared="${SHARC_SHARED_DIR:-$root/../shared}"
 iters="${ITERS:-20}"
 threads="${THREADS:-2}"
+# Rounds alternating sharc and the peers (see `sharc bench --rounds`).
+rounds="${ROUNDS:-3}"
 stamp="$(date -u +%Y%m%d-%H%M)"
 out="${OUT:-$root/bench/results/$stamp}"
 mkdir -p "$out"
@@ -50,7 +53,7 @@ if [ -z "${SKIP_TRACT:-}" ]; then
 fi
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 {
-  echo "command: bench/run.sh (ITERS=$iters THREADS=$threads${SKIP_TRACT:+ SKIP_TRACT=1}${MLIR:+ MLIR=1}${ONLY:+ ONLY=$ONLY})"
+  echo "command: bench/run.sh (ITERS=$iters THREADS=$threads ROUNDS=$rounds${SKIP_TRACT:+ SKIP_TRACT=1}${MLIR:+ MLIR=1}${ONLY:+ ONLY=$ONLY})"
   echo "date: $(date -u)"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -71,7 +74,7 @@ run() {
   echo "== $name" | tee "$out/$name.txt"
   echo "before: $(load)" > "$out/$name.load"
   ./target/release/sharc bench "$shared/models/$model" --backend "$backend" --shape "$shape" \
-    --threads "$threads" --iters "$iters" --profile "${p[@]}" --json "$out/$name.json" | tee -a "$out/$name.txt"
+    --threads "$threads" --iters "$iters" --rounds "$rounds" --profile "${p[@]}" --json "$out/$name.json" | tee -a "$out/$name.txt"
   echo "after: $(load)" >> "$out/$name.load"
 }
 run minilm-b1-s128 minilm-l6.onnx batch=1,seq=128 cranelift "${peers[@]}"

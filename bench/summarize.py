@@ -35,10 +35,18 @@ for f in sorted(out.glob("*.json")):
     if tract is not None and tract_threads not in (None, r.get("threads")):
         tract_text += f" ({tract_threads} thr)"
     s = r["median_ms"]
-    ratio = lambda p: f"{s / p:.2f}" if isinstance(p, (int, float)) and p > 0 else "-"
+
+    def ratio(p, name):
+        # With alternating rounds (--rounds), the median of the per-round
+        # ratios is the fairer figure on a shared machine; rounds in brackets.
+        of_rounds = peers.get(name, {}).get("ratio_median_of_rounds")
+        if of_rounds is not None:
+            return f"{of_rounds:.2f} ({len(r.get('rounds', []))} rounds)"
+        return f"{s / p:.2f}" if isinstance(p, (int, float)) and p > 0 else "-"
+
     load = load_of(f.stem)
     rows.append(f"| {f.stem} | {r.get('backend', '-')} | {fmt(s)} | {fmt(r.get('p90_ms'))} | {fmt(ort)} | {tract_text} "
-                f"| {ratio(ort)} | {ratio(tract)} | {fmt(r.get('compile_ms'))} | {r.get('peak_rss_bytes', 0) / 1e6:.0f} "
+                f"| {ratio(ort, 'onnxruntime')} | {ratio(tract, 'tract')} | {fmt(r.get('compile_ms'))} | {r.get('peak_rss_bytes', 0) / 1e6:.0f} "
                 f"| {load.get('before', '-')} → {load.get('after', '-')} |")
     facts["rows"][f.stem] = {**r, "load": load}
 

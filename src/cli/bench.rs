@@ -47,6 +47,12 @@ pub struct Args {
     /// object files).
     #[arg(long, default_value = "packed", value_parser = ["packed", "crate", "cranelift"])]
     gemm: String,
+    /// Alternate sharc and the peers this many times (each round runs
+    /// `--iters` of each), and report the median of the per-round ratios:
+    /// on a shared machine, load that comes and goes then weighs on both
+    /// sides alike instead of on whichever happened to run during it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -213,9 +219,8 @@ pub fn run(a: Args) -> Result<(), Error> {
     json["min_ms"] = ms(main.min).into();
     json["throughput_per_s"] = (batch as f64 / main.median.as_secs_f64()).into();
 
-    let mut peers = serde_json::Map::new();
-    for peer in &a.peer {
-        let result = match peer.as_str() {
+    let run_peer = |peer: &str| -> Result<serde_json::Value, Error> {
+        Ok(match peer {
             "interp" => {
                 let interp = sharc::interp::Interpreter::new();
                 let s = time_runs(a.iters.min(5), 1, || interp.evaluate(&g, &inputs).map(|_| ()).map_err(eval_err))?;
@@ -265,7 +270,11 @@ pub fn run(a: Args) -> Result<(), Error> {
                 }
                 result
             }
-        };
+        })
+    };
+    let mut peers = serde_json::Map::new();
+    for peer in &a.peer {
+        let result = run_peer(peer)?;
         let median = result["median_ms"].as_f64().unwrap_or(f64::NAN);
         println!(
             "peer {peer}: median {median:.3} ms, p90 {:.3} ms — ratio sharc/{peer} = {:.2}",
@@ -287,6 +296,47 @@ pub fn run(a: Args) -> Result<(), Error> {
             println!("peer {peer}: ran the model {m}");
         }
         peers.insert(peer.clone(), result);
+    }
+    if a.rounds > 1 && !a.peer.is_empty() {
+        // Round 1 is the run above; each later round times sharc again
+        // (one warm-up run) and then every peer.
+        let mut sharc_ms = vec![ms(main.median)];
+        let mut peer_ms: Vec<Vec<f64>> =
+            a.peer.iter().map(|p| vec![peers[p.as_str()]["median_ms"].as_f64().unwrap_or(f64::NAN)]).collect();
+        for round in 2..=a.rounds {
+            let s = time_runs(a.iters, 1, || prepared.run(&inputs).map(|_| ()).map_err(eval_err))?;
+            sharc_ms.push(ms(s.median));
+            let mut line = format!("round {round}: sharc {:.3} ms", ms(s.median));
+            for (i, peer) in a.peer.iter().enumerate() {
+                let m = run_peer(peer)?["median_ms"].as_f64().unwrap_or(f64::NAN);
+                peer_ms[i].push(m);
+                line.push_str(&format!(", {peer} {m:.3} ms"));
+            }
+            println!("{line}");
+        }
+        let mut rounds = Vec::new();
+        for (r, &s) in sharc_ms.iter().enumerate() {
+            let mut o = serde_json::json!({"sharc_ms": s});
+            for (i, peer) in a.peer.iter().enumerate() {
+                o[peer.as_str()] = peer_ms[i][r].into();
+            }
+            rounds.push(o);
+        }
+        json["rounds"] = rounds.into();
+        for (i, peer) in a.peer.iter().enumerate() {
+            let mut ratios: Vec<f64> = sharc_ms.iter().zip(&peer_ms[i]).map(|(s, p)| s / p).collect();
+            ratios.sort_by(f64::total_cmp);
+            let median = ratios[ratios.len() / 2];
+            println!(
+                "ratio sharc/{peer} over {} alternating rounds: median {median:.2} (from {:.2} to {:.2})",
+                a.rounds,
+                ratios[0],
+                ratios[ratios.len() - 1]
+            );
+            if let Some(o) = peers.get_mut(peer.as_str()) {
+                o["ratio_median_of_rounds"] = median.into();
+            }
+        }
     }
     json["peers"] = peers.into();
     if let Some(p) = &a.json {
