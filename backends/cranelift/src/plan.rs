@@ -13,7 +13,7 @@
 //! condition under which running the whole group at its last member's place
 //! keeps the order valid).
 
-use crate::kernel::{self, Expr, ExprId, InputSpec, InputType, KernelSpec, Level, OutputSpec};
+use crate::kernel::{self, Expr, ExprId, InputSpec, InputType, KernelSpec, Kind, Level, OutputSpec};
 use crate::matmul::MatMulSpec;
 use crate::memory;
 use crate::specialize::{Specialized, is_view_op, label};
@@ -192,6 +192,84 @@ struct Home {
 /// True when two stride lists address the same elements of a `dims`-shaped
 /// domain: a dim of size 1 is never stepped along, so its stride does not
 /// matter (broadcasting gives it 0, a dense layout its row size).
+/// One kernel computing what `second` computes when the inputs of `second`
+/// marked in `from_first` are the (single) output of `first`: `first`'s
+/// inputs, then `second`'s other inputs in order; `second`'s outputs.
+fn compose_kernels(first: &KernelSpec, second: &KernelSpec, from_first: &[bool]) -> KernelSpec {
+    let n1 = first.inputs.len();
+    // `kernel_chain` checked that every input of `first` restrides.
+    let mut inputs: Vec<InputSpec> = first
+        .inputs
+        .iter()
+        .map(|x| InputSpec {
+            ty: x.ty,
+            strides: restride(&x.strides, &first.dims, &second.dims).unwrap_or_else(|| x.strides.clone()),
+        })
+        .collect();
+    let mut input_index = vec![usize::MAX; second.inputs.len()];
+    for (i, spec) in second.inputs.iter().enumerate() {
+        if !from_first[i] {
+            input_index[i] = inputs.len();
+            inputs.push(spec.clone());
+        }
+    }
+    debug_assert!(inputs.len() >= n1);
+    let mut exprs = first.exprs.clone();
+    let produced = first.outputs[0].expr;
+    // Where each of `second`'s expressions went.
+    let mut at = Vec::with_capacity(second.exprs.len());
+    for e in &second.exprs {
+        let m = |x: &ExprId| at[*x];
+        let new = match e {
+            Expr::Input(i) if from_first[*i] => {
+                at.push(produced);
+                continue;
+            }
+            Expr::Input(i) => Expr::Input(input_index[*i]),
+            Expr::Const(c) => Expr::Const(*c),
+            Expr::Unary(op, a) => Expr::Unary(*op, m(a)),
+            Expr::Binary(op, a, b) => Expr::Binary(*op, m(a), m(b)),
+            Expr::Cmp(op, a, b) => Expr::Cmp(*op, m(a), m(b)),
+            Expr::Logic(op, a, b) => Expr::Logic(*op, m(a), m(b)),
+            Expr::Not(a) => Expr::Not(m(a)),
+            Expr::Select(c, a, b) => Expr::Select(m(c), m(a), m(b)),
+            Expr::MaskToF32(a) => Expr::MaskToF32(m(a)),
+            Expr::F32ToMask(a) => Expr::F32ToMask(m(a)),
+            Expr::Reduce(op, a) => Expr::Reduce(*op, m(a)),
+        };
+        at.push(exprs.len());
+        exprs.push(new);
+    }
+    let outputs = second.outputs.iter().map(|o| OutputSpec { expr: at[o.expr], level: o.level }).collect();
+    KernelSpec { dims: second.dims.clone(), inputs, exprs, outputs }
+}
+
+/// An input's strides over domain `from` given over domain `to` (the same
+/// rows of the same length, shaped differently), where that needs no copy:
+/// a dense input stays dense, one broadcast along rows (a bias) or
+/// everywhere (a scalar) stays so.
+fn restride(strides: &[isize], from: &[usize], to: &[usize]) -> Option<Vec<isize>> {
+    if from == to {
+        return Some(strides.to_vec());
+    }
+    let zeros = |n: usize| vec![0isize; n];
+    let (inner_from, inner_to) = (from.last().copied()?, to.last().copied()?);
+    if same_layout(strides, &dense_strides(from), from) {
+        Some(dense_strides(to))
+    } else if strides.iter().all(|&x| x == 0) {
+        Some(zeros(to.len()))
+    } else if inner_from == inner_to
+        && strides.last() == Some(&1)
+        && strides[..strides.len() - 1].iter().zip(from).all(|(&x, &d)| x == 0 || d == 1)
+    {
+        let mut s = zeros(to.len());
+        *s.last_mut()? = 1;
+        Some(s)
+    } else {
+        None
+    }
+}
+
 fn same_layout(a: &[isize], b: &[isize], dims: &[usize]) -> bool {
     a.len() == dims.len()
         && b.len() == dims.len()
@@ -522,16 +600,23 @@ impl<'a> Planner<'a> {
             });
         }
         if self.opts.fuse {
+            self.fuse_kernel_chains(&outputs);
             self.fuse_epilogues(&outputs);
         }
         // Liveness of arena buffers and run-time slots.
         let n = self.steps.len();
         let mut buf_last = vec![0usize; self.buffers.len()];
+        // Buffers no step touches any more (a merged kernel's intermediate)
+        // take no room.
+        let mut buf_used = vec![false; self.buffers.len()];
         let mut dyn_last: Vec<Option<usize>> = vec![None; self.dyn_slots];
         for (i, s) in self.steps.iter().enumerate() {
             for loc in step_reads(s) {
                 match loc {
-                    Loc::Arena(b) => buf_last[b] = buf_last[b].max(i),
+                    Loc::Arena(b) => {
+                        buf_last[b] = buf_last[b].max(i);
+                        buf_used[b] = true;
+                    }
                     Loc::Dyn(d) => dyn_last[d] = Some(dyn_last[d].map_or(i, |x| x.max(i))),
                     _ => {}
                 }
@@ -542,6 +627,7 @@ impl<'a> Planner<'a> {
                 OutSrc::View(v) => {
                     if let Loc::Arena(b) = v.loc {
                         buf_last[b] = n;
+                        buf_used[b] = true;
                     }
                     if let Loc::Dyn(d) = v.loc {
                         dyn_last[d] = Some(n);
@@ -563,11 +649,14 @@ impl<'a> Planner<'a> {
             .buffers
             .iter()
             .enumerate()
-            .map(|(b, &size)| (size, self.buffer_def[b], buf_last[b].max(self.buffer_def[b])))
+            .map(|(b, &size)| {
+                let size = if buf_used[b] { size } else { 0 };
+                (size, self.buffer_def[b], buf_last[b].max(self.buffer_def[b]))
+            })
             .collect();
         let (offsets, arena_bytes) = memory::pack(&lifetimes);
         self.stats.arena_bytes = arena_bytes;
-        self.stats.arena_bytes_unshared = self.buffers.iter().map(|b| b.div_ceil(64) * 64).sum();
+        self.stats.arena_bytes_unshared = lifetimes.iter().map(|(size, ..)| size.div_ceil(64) * 64).sum();
         let relocate = |v: &mut View| {
             if let Loc::Arena(b) = v.loc {
                 v.loc = Loc::Arena(offsets[b]);
@@ -669,7 +758,13 @@ impl<'a> Planner<'a> {
             }
             removed[j] = true;
         }
-        // Drop the moved kernels and renumber the steps.
+        self.drop_steps(&removed);
+    }
+
+    /// Removes the steps marked in `removed` (moved into another step) and
+    /// renumbers where each buffer and slot is defined.
+    fn drop_steps(&mut self, removed: &[bool]) {
+        let n = self.steps.len();
         let mut new_index = vec![0usize; n + 1];
         let mut kept = Vec::new();
         for (i, s) in std::mem::take(&mut self.steps).into_iter().enumerate() {
@@ -686,6 +781,115 @@ impl<'a> Planner<'a> {
         for d in &mut self.dyn_def {
             *d = new_index[(*d).min(n)];
         }
+    }
+
+    /// Merges a kernel into the kernel that computes one of its inputs when
+    /// it is that value's only reader and reads it element for element over
+    /// the same domain — a Gemm's bias kernel and the activation after it:
+    /// one pass over the rows instead of two, and the pair can then become a
+    /// single epilogue of the product. The merged kernel runs at the first
+    /// kernel's place, so the second's other inputs must exist by then.
+    fn fuse_kernel_chains(&mut self, outputs: &[OutSrc]) {
+        let mut in_output: HashSet<usize> = HashSet::new();
+        for o in outputs {
+            if let OutSrc::View(v) = o
+                && let Loc::Arena(b) = v.loc
+            {
+                in_output.insert(b);
+            }
+        }
+        // One merge per pass: merging renumbers the steps.
+        while let Some((i, j)) = self.kernel_chain(&in_output) {
+            let (
+                Step::Kernel { kernel: k1, args: a1, label: l1, .. },
+                Step::Kernel { kernel: k2, args: a2, label: l2, .. },
+            ) = (&self.steps[i], &self.steps[j])
+            else {
+                unreachable!("kernel_chain returns two kernel steps");
+            };
+            let (s1, s2) = (&self.kernels[*k1], &self.kernels[*k2]);
+            let b1 = a1[s1.inputs.len()].loc;
+            let from_first: Vec<bool> = a2[..s2.inputs.len()].iter().map(|v| v.loc == b1).collect();
+            let spec = compose_kernels(s1, s2, &from_first);
+            let mut args: Vec<View> = a1[..s1.inputs.len()].to_vec();
+            args.extend(a2[..s2.inputs.len()].iter().zip(&from_first).filter(|(_, f)| !**f).map(|(v, _)| v.clone()));
+            args.extend(a2[s2.inputs.len()..].iter().cloned());
+            let label = format!("{l1}+{l2}");
+            for v in &a2[s2.inputs.len()..] {
+                if let Loc::Arena(b) = v.loc {
+                    self.buffer_def[b] = i;
+                }
+            }
+            let (rows, inner) = (spec.rows(), spec.inner());
+            self.kernels.push(spec);
+            self.steps[i] = Step::Kernel { kernel: self.kernels.len() - 1, args, rows, inner, label };
+            let mut removed = vec![false; self.steps.len()];
+            removed[j] = true;
+            self.drop_steps(&removed);
+        }
+    }
+
+    /// The first pair (producer step, reader step) that
+    /// [`Self::fuse_kernel_chains`] can merge.
+    fn kernel_chain(&self, in_output: &HashSet<usize>) -> Option<(usize, usize)> {
+        let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            for loc in step_reads(s) {
+                if let Loc::Arena(b) = loc {
+                    readers.entry(b).or_default().push(i);
+                }
+            }
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let Step::Kernel { kernel: k1, args: a1, .. } = step else { continue };
+            let s1 = &self.kernels[*k1];
+            if s1.outputs.len() != 1 || s1.outputs[0].level != Level::Full {
+                continue;
+            }
+            let out = &a1[s1.inputs.len()];
+            let Loc::Arena(b1) = out.loc else { continue };
+            if in_output.contains(&b1) {
+                continue;
+            }
+            let mut rs = readers.get(&b1).cloned().unwrap_or_default();
+            rs.sort();
+            rs.dedup();
+            rs.retain(|&r| r != i);
+            let [j] = rs[..] else { continue };
+            let Step::Kernel { kernel: k2, args: a2, .. } = &self.steps[j] else { continue };
+            let s2 = &self.kernels[*k2];
+            let n2 = s2.inputs.len();
+            let dense = dense_strides(&s2.dims);
+            let kind1 = s1.kinds()[s1.outputs[0].expr];
+            let reads_whole = |u: usize| {
+                a2[u].offset == out.offset
+                    && same_layout(&s2.inputs[u].strides, &dense, &s2.dims)
+                    && (s2.inputs[u].ty == InputType::Bool) == (kind1 == Kind::Mask)
+            };
+            let uses: Vec<usize> = (0..a2.len()).filter(|&u| a2[u].loc == out.loc).collect();
+            if uses.is_empty() || uses.iter().any(|&u| u >= n2 || !reads_whole(u)) {
+                continue;
+            }
+            // The same rows of the same length, and the first kernel's
+            // inputs expressible over the second's domain (a Gemm's 2-D
+            // output read as [batch, seq, hidden]).
+            if s1.dims != s2.dims
+                && (s1.rows() != s2.rows()
+                    || s1.inner() != s2.inner()
+                    || s1.inputs.iter().any(|x| restride(&x.strides, &s1.dims, &s2.dims).is_none()))
+            {
+                continue;
+            }
+            let ready = a2[..n2].iter().all(|v| match v.loc {
+                Loc::Arena(b) => b == b1 || self.buffer_def[b] < i,
+                Loc::Dyn(d) => self.dyn_def[d] <= i,
+                _ => true,
+            });
+            if ready {
+                return Some((i, j));
+            }
+        }
+        None
     }
 
     fn const_home(&mut self, v: ValueRef) {
@@ -1573,5 +1777,63 @@ fn step_views_mut(s: &mut Step) -> Vec<&mut View> {
         Step::GatherRows { table, out, .. } => vec![table, out],
         Step::Fallback { .. } => vec![],
         Step::Materialize { src, .. } => vec![src],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{CompileOptions, compile};
+    use sharc_ir::op::Gemm;
+    use sharc_ir::{DType, Graph, Op, Shape, Tensor, Type, UnaryOp, Weight};
+
+    /// `Gemm` with a bias, then Tanh; with `keep_biased` the biased product
+    /// is also a graph output, so the two kernels must stay apart.
+    fn gemm_tanh(keep_biased: bool) -> (Graph, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (m, k, n) = (7usize, 5usize, 11usize);
+        let mut g = Graph::new("gemm");
+        let x = g.add_input("x", Type::tensor(DType::F32, Shape::fixed(&[m, k])));
+        let wt: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let bias: Vec<f32> = (0..n).map(|i| 0.2 * i as f32 - 1.0).collect();
+        let w = g.add_weight(Weight::from_tensor("w", Tensor::from_vec(&[n, k], wt.clone())));
+        let b = g.add_weight(Weight::from_tensor("b", Tensor::from_vec(&[n], bias.clone())));
+        let gemm = Op::Gemm(Gemm { alpha: 0.5, beta: 2.0, trans_a: false, trans_b: true });
+        let p = g.add_op(gemm, &[x, w, b], Type::Unknown);
+        let y = g.add_op(Op::Unary(UnaryOp::Tanh), &[p], Type::Unknown);
+        g.add_output("y", y);
+        if keep_biased {
+            g.add_output("p", p);
+        }
+        let input: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.29).cos()).collect();
+        (g, wt, bias, input)
+    }
+
+    #[test]
+    fn a_gemm_bias_and_the_activation_after_it_become_one_epilogue() {
+        for keep_biased in [false, true] {
+            let (g, wt, bias, input) = gemm_tanh(keep_biased);
+            let (m, k, n) = (7usize, 5usize, 11usize);
+            let c = compile(&g, &CompileOptions { threads: Some(1), profile: true, ..Default::default() }).unwrap();
+            let out = c.run(&[Tensor::from_vec(&[m, k], input.clone())]).unwrap();
+            let y = out[0].as_array::<f32>().unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let dot: f64 = (0..k).map(|l| input[i * k + l] as f64 * wt[j * k + l] as f64).sum();
+                    let biased = 0.5 * dot + 2.0 * bias[j] as f64;
+                    assert!((y[[i, j]] as f64 - biased.tanh()).abs() < 1e-5, "({i},{j}) keep_biased={keep_biased}");
+                    if keep_biased {
+                        let p = out[1].as_array::<f32>().unwrap();
+                        assert!((p[[i, j]] as f64 - biased).abs() < 1e-5);
+                    }
+                }
+            }
+            let labels: Vec<String> = c.profile().into_iter().map(|e| e.label).collect();
+            if keep_biased {
+                // The biased product is read twice (Tanh, the output): no merge.
+                assert_eq!(labels.len(), 2, "{labels:?}");
+            } else {
+                assert_eq!(labels.len(), 1, "one step only: {labels:?}");
+                assert!(labels[0].contains("+ gemm-bias+Tanh"), "{labels:?}");
+            }
+        }
     }
 }
