@@ -18,6 +18,7 @@ use crate::math::Math;
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Type, UserFuncName, Value, types};
+use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_module::{FuncId, Linkage, Module};
 use std::collections::{BTreeSet, HashMap};
@@ -39,17 +40,25 @@ pub(crate) fn define_kernel<M: Module>(
     let mut ctx = Context::new();
     ctx.func.signature = sig;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
-    let frontend = module.target_config();
-    let fma = module.isa().has_native_fma();
-    let mut fctx = FunctionBuilderContext::new();
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        Gen::new(spec, ptr, fma).emit(&mut b);
-        b.seal_all_blocks();
-        b.finalize(frontend);
-    }
+    build_kernel(&mut ctx.func, spec, module.target_config(), module.isa().has_native_fma());
     module.define_function(id, &mut ctx).map_err(|e| err(format!("{e:?}")))?;
     Ok(id)
+}
+
+/// Fills `func` (whose signature is the kernel signature) with the code of
+/// `spec`; shared by [`define_kernel`] and the tests that read the machine
+/// code.
+fn build_kernel(
+    func: &mut cranelift_codegen::ir::Function,
+    spec: &KernelSpec,
+    frontend: TargetFrontendConfig,
+    fma: bool,
+) {
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(func, &mut fctx);
+    Gen::new(spec, frontend.pointer_type(), fma).emit(&mut b);
+    b.seal_all_blocks();
+    b.finalize(frontend);
 }
 
 fn flags() -> MemFlagsData {
@@ -478,8 +487,15 @@ impl<'s> Gen<'s> {
         b.ins().jump(head, &[]);
         b.switch_to_block(head);
         let j = b.use_var(jv);
-        let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, j, end);
-        b.ins().brif(more, body_b, &[], exit, &[]);
+        // The exit must be the branch's *first* target. Cranelift's
+        // elaboration (which does its loop-invariant code motion) walks the
+        // dominator tree in an order where, with the body first, the code
+        // after a loop is visited before the body and pops the loop off its
+        // stack of loops: nothing in the body was then hoisted out of it, so
+        // every row value (a softmax's max, the reciprocal of its sum, their
+        // splats) and every constant of `exp` was recomputed per vector.
+        let done = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, j, end);
+        b.ins().brif(done, exit, &[], body_b, &[]);
         b.switch_to_block(body_b);
         let j = b.use_var(jv);
         body(self, b, j);
@@ -831,4 +847,87 @@ fn emit_matmul(b: &mut FunctionBuilder, ptr: Type, s: &crate::matmul::MatMulSpec
         }
     });
     b.ins().return_(&[]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{InputSpec, OutputSpec};
+    use cranelift_codegen::control::ControlPlane;
+    use cranelift_codegen::ir::{Function, Opcode, Signature};
+    use cranelift_codegen::isa::CallConv;
+    use cranelift_codegen::settings::{self, Configurable};
+
+    /// A kernel compiled for the host: its machine code as Cranelift prints
+    /// it, and the loop depth of each optimised CLIF instruction's block with
+    /// the instruction's opcode (depth 1 is the loop over rows).
+    pub(crate) fn compile_for_host(spec: &KernelSpec) -> (String, Vec<(usize, Opcode)>) {
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").expect("opt_level");
+        let isa = cranelift_native::builder().expect("host isa").finish(settings::Flags::new(flags)).expect("isa");
+        let mut sig = Signature::new(CallConv::triple_default(isa.triple()));
+        sig.params.push(AbiParam::new(isa.pointer_type()));
+        sig.params.push(AbiParam::new(types::I64));
+        sig.params.push(AbiParam::new(types::I64));
+        let mut func = Function::with_name_signature(UserFuncName::user(0, 0), sig);
+        build_kernel(&mut func, spec, isa.frontend_config(), isa.has_native_fma());
+        let mut ctx = Context::for_function(func);
+        ctx.set_disasm(true);
+        ctx.compile(&*isa, &mut ControlPlane::default()).expect("compiles");
+        let code = ctx.compiled_code().and_then(|c| c.vcode.clone()).expect("disassembly");
+        ctx.compute_cfg();
+        ctx.compute_domtree();
+        ctx.compute_loop_analysis();
+        let mut insts = Vec::new();
+        for block in ctx.func.layout.blocks() {
+            let depth = ctx.loop_analysis.loop_level(block).level();
+            for inst in ctx.func.layout.block_insts(block) {
+                insts.push((depth, ctx.func.dfg.insts[inst].opcode()));
+            }
+        }
+        (code, insts)
+    }
+
+    /// Attention's epilogue: `softmax(x * scale + mask)` over rows of `n`,
+    /// the mask broadcast over the rows of a head.
+    pub(crate) fn attention_softmax(rows: usize, n: usize) -> KernelSpec {
+        use Binary as B;
+        let exprs = vec![
+            Expr::Input(0),
+            Expr::Const(0.125),
+            Expr::Binary(B::Mul, 0, 1),
+            Expr::Input(1),
+            Expr::Binary(B::Add, 2, 3),
+            Expr::Reduce(Reduce::Max, 4),
+            Expr::Binary(B::Sub, 4, 5),
+            Expr::Unary(Unary::Exp, 6),
+            Expr::Reduce(Reduce::Sum, 7),
+            Expr::Unary(Unary::Recip, 8),
+            Expr::Binary(B::Mul, 7, 9),
+        ];
+        KernelSpec {
+            dims: vec![rows, n],
+            inputs: vec![
+                InputSpec { ty: InputType::F32, strides: vec![n as isize, 1] },
+                InputSpec { ty: InputType::F32, strides: vec![0, 1] },
+            ],
+            exprs,
+            outputs: vec![OutputSpec { expr: 10, level: Level::Full }],
+        }
+    }
+
+    /// Row values (the max, the sum's reciprocal, their splats) must be
+    /// computed once per row, between the loops over the row, never inside
+    /// one of them: Cranelift only hoists them there when loops are laid
+    /// out as `emit_loop` does (see there).
+    #[test]
+    fn softmax_row_values_stay_out_of_inner_loops() {
+        let (code, insts) = compile_for_host(&attention_softmax(4, 128));
+        let per_row = [Opcode::Fdiv, Opcode::Extractlane, Opcode::Splat];
+        for (depth, op) in &insts {
+            assert!(*depth <= 1 || !per_row.contains(op), "{op} runs per element (loop depth {depth}):\n{code}");
+        }
+        assert!(insts.iter().any(|(_, op)| *op == Opcode::Fdiv), "one reciprocal per row");
+        assert!(!code.lines().any(|l| l.trim_start().starts_with("call")), "the kernel calls out:\n{code}");
+    }
 }
