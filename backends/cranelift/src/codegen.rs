@@ -537,18 +537,47 @@ impl<'s> Gen<'s> {
             Reduce::Max => f32::NEG_INFINITY,
             Reduce::Min => f32::INFINITY,
         };
-        let combine = |b: &mut FunctionBuilder, x: Value, y: Value| match kind {
-            Reduce::Sum => b.ins().fadd(x, y),
-            Reduce::Max => b.ins().fmax(x, y),
-            Reduce::Min => b.ins().fmin(x, y),
+        let fma = self.fma;
+        // Max and min as the compare-and-select that is one `maxps`/`minps`
+        // on x86 (Cranelift's `fmax`/`fmin` are an eight-instruction NaN
+        // and signed-zero sequence there, and on the accumulator's
+        // dependency chain). Those drop a NaN operand, so NaN is tracked
+        // apart, in a mask that only ORs, and restored after the loops.
+        let combine = |b: &mut FunctionBuilder, acc: Value, x: Value| {
+            let m = Math { ty: b.func.dfg.value_type(acc), fma };
+            match kind {
+                Reduce::Sum => b.ins().fadd(acc, x),
+                Reduce::Max => {
+                    let c = b.ins().fcmp(FloatCC::LessThan, acc, x);
+                    m.select(b, c, x, acc)
+                }
+                Reduce::Min => {
+                    let c = b.ins().fcmp(FloatCC::LessThan, x, acc);
+                    m.select(b, c, x, acc)
+                }
+            }
+        };
+        let track_nan = kind != Reduce::Sum;
+        let note_nan = |b: &mut FunctionBuilder, var: Variable, x: Value| {
+            let u = b.ins().fcmp(FloatCC::Unordered, x, x);
+            let seen = b.use_var(var);
+            let seen = b.ins().bor(seen, u);
+            b.def_var(var, seen);
         };
         let sacc = b.declare_var(types::F32);
         let init = b.ins().f32const(identity);
         b.def_var(sacc, init);
+        let snan = b.declare_var(types::I8);
+        let no = b.ins().iconst(types::I8, 0);
+        b.def_var(snan, no);
         if vec_end > 0 {
             let vacc = b.declare_var(types::F32X4);
             let init = b.ins().splat(types::F32X4, init);
             b.def_var(vacc, init);
+            let vnan = b.declare_var(types::I32X4);
+            let no = b.ins().iconst(types::I32, 0);
+            let no = b.ins().splat(types::I32X4, no);
+            b.def_var(vnan, no);
             self.emit_loop(b, 0, vec_end, 4, |g, b, j| {
                 let mut cache = HashMap::new();
                 let x = g.full_value(b, a, j, true, &mut cache);
@@ -560,6 +589,9 @@ impl<'s> Gen<'s> {
                 let acc = b.use_var(vacc);
                 let acc = combine(b, acc, x);
                 b.def_var(vacc, acc);
+                if track_nan {
+                    note_nan(b, vnan, x);
+                }
             });
             let acc = b.use_var(vacc);
             let l: Vec<Value> = (0..4u8).map(|i| b.ins().extractlane(acc, i)).collect();
@@ -567,6 +599,11 @@ impl<'s> Gen<'s> {
             let y = combine(b, l[2], l[3]);
             let s = combine(b, x, y);
             b.def_var(sacc, s);
+            if track_nan {
+                let seen = b.use_var(vnan);
+                let any = b.ins().vany_true(seen);
+                b.def_var(snan, any);
+            }
         }
         if vec_end < inner {
             self.prepare(b, &deps, false);
@@ -581,7 +618,17 @@ impl<'s> Gen<'s> {
                 let acc = b.use_var(sacc);
                 let acc = combine(b, acc, x);
                 b.def_var(sacc, acc);
+                if track_nan {
+                    note_nan(b, snan, x);
+                }
             });
+        }
+        if track_nan {
+            let s = b.use_var(sacc);
+            let seen = b.use_var(snan);
+            let nan = b.ins().f32const(f32::NAN);
+            let s = b.ins().select(seen, nan, s);
+            b.def_var(sacc, s);
         }
         let v = b.use_var(sacc);
         self.row_cache.insert(r, v);
@@ -857,6 +904,7 @@ mod tests {
     use cranelift_codegen::ir::{Function, Opcode, Signature};
     use cranelift_codegen::isa::CallConv;
     use cranelift_codegen::settings::{self, Configurable};
+    use cranelift_module::Linkage;
 
     /// A kernel compiled for the host: its machine code as Cranelift prints
     /// it, and the loop depth of each optimised CLIF instruction's block with
@@ -929,5 +977,112 @@ mod tests {
         }
         assert!(insts.iter().any(|(_, op)| *op == Opcode::Fdiv), "one reciprocal per row");
         assert!(!code.lines().any(|l| l.trim_start().starts_with("call")), "the kernel calls out:\n{code}");
+    }
+
+    /// Compiles `spec` with the JIT and runs it over all its rows; `outs`
+    /// are the output lengths.
+    fn run_kernel(spec: &KernelSpec, inputs: &[Vec<f32>], outs: &[usize]) -> Vec<Vec<f32>> {
+        use cranelift_jit::{JITBuilder, JITModule};
+        let builder = JITBuilder::with_flags(&[("opt_level", "speed")], cranelift_module::default_libcall_names())
+            .expect("jit builder");
+        let mut module = JITModule::new(builder);
+        let id = define_kernel(&mut module, "k", Linkage::Local, spec).expect("kernel compiles");
+        module.finalize_definitions().expect("finalizes");
+        let mut inputs = inputs.to_vec();
+        let mut outputs: Vec<Vec<f32>> = outs.iter().map(|&n| vec![f32::MAX; n]).collect();
+        let mut ptrs: Vec<*mut u8> = inputs.iter_mut().map(|v| v.as_mut_ptr() as *mut u8).collect();
+        ptrs.extend(outputs.iter_mut().map(|v| v.as_mut_ptr() as *mut u8));
+        // SAFETY: the buffers are as long as the spec's strides and dims
+        // address (checked by the callers' shapes), and live across the call.
+        unsafe {
+            let f: extern "C" fn(*const *mut u8, i64, i64) = std::mem::transmute(module.get_finalized_function(id));
+            f(ptrs.as_ptr(), 0, spec.rows() as i64);
+        }
+        outputs
+    }
+
+    /// Rows that exercise the reductions: ordinary values, all equal, and
+    /// NaN / infinities at the first position (a vector lane) and the last
+    /// (the scalar tail when `n` is not a multiple of 4).
+    fn awkward_rows(n: usize) -> Vec<Vec<f32>> {
+        let base: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.77 + 0.3).sin() * 3.0).collect();
+        let with = |at: usize, v: f32| {
+            let mut r = base.clone();
+            r[at] = v;
+            r
+        };
+        vec![
+            base.clone(),
+            vec![0.5; n],
+            with(0, f32::NAN),
+            with(n - 1, f32::NAN),
+            with(0, f32::NEG_INFINITY),
+            with(n - 1, f32::INFINITY),
+            with(n / 2, -7.5),
+        ]
+    }
+
+    #[test]
+    fn max_min_sum_match_a_scalar_reference_with_nan_inf_and_tails() {
+        for n in [1usize, 3, 4, 5, 8, 11, 128, 130] {
+            let rows = awkward_rows(n);
+            let spec = KernelSpec {
+                dims: vec![rows.len(), n],
+                inputs: vec![InputSpec { ty: InputType::F32, strides: vec![n as isize, 1] }],
+                exprs: vec![
+                    Expr::Input(0),
+                    Expr::Reduce(Reduce::Max, 0),
+                    Expr::Reduce(Reduce::Min, 0),
+                    Expr::Reduce(Reduce::Sum, 0),
+                ],
+                outputs: (1..4).map(|e| OutputSpec { expr: e, level: Level::Row }).collect(),
+            };
+            let out = run_kernel(&spec, &[rows.concat()], &[rows.len(); 3]);
+            for (r, row) in rows.iter().enumerate() {
+                let nan = row.iter().any(|v| v.is_nan());
+                let max = if nan { f32::NAN } else { row.iter().copied().fold(f32::NEG_INFINITY, f32::max) };
+                let min = if nan { f32::NAN } else { row.iter().copied().fold(f32::INFINITY, f32::min) };
+                let sum = row.iter().map(|&v| v as f64).sum::<f64>();
+                let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+                assert!(same(out[0][r], max), "n {n} row {r}: max {} vs {max}", out[0][r]);
+                assert!(same(out[1][r], min), "n {n} row {r}: min {} vs {min}", out[1][r]);
+                let s = out[2][r] as f64;
+                let close = (s - sum).abs() <= 1e-5 * sum.abs().max(1.0) || (s.is_nan() && sum.is_nan()) || s == sum;
+                assert!(close, "n {n} row {r}: sum {s} vs {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn masked_softmax_matches_f64_on_every_row_length() {
+        for n in [1usize, 3, 4, 5, 7, 128, 130] {
+            let rows = 5;
+            let x: Vec<f32> =
+                (0..rows * n).map(|i| if i / n == 1 { 2.5 } else { ((i as f32) * 0.61).sin() * 20.0 }).collect();
+            // Position 0 stays visible; others are masked by -inf or by
+            // BERT's -10000, in the vector part and in the tail.
+            let mask: Vec<f32> = (0..n)
+                .map(|j| match j {
+                    0 => 0.0,
+                    j if j % 3 == 1 => f32::NEG_INFINITY,
+                    j if j % 5 == 2 || j == n - 1 => -10000.0,
+                    _ => 0.0,
+                })
+                .collect();
+            let out = run_kernel(&attention_softmax(rows, n), &[x.clone(), mask.clone()], &[rows * n]);
+            for r in 0..rows {
+                let v: Vec<f64> = (0..n).map(|j| x[r * n + j] as f64 * 0.125 + mask[j] as f64).collect();
+                let mx = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = v.iter().map(|a| (a - mx).exp()).sum();
+                for j in 0..n {
+                    let want = (v[j] - mx).exp() / sum;
+                    let got = out[0][r * n + j] as f64;
+                    if mask[j] < -1.0 {
+                        assert_eq!(got, 0.0, "n {n} row {r} col {j}: a masked position must be exactly 0");
+                    }
+                    assert!((got - want).abs() <= 1e-6 + 1e-6 * want, "n {n} row {r} col {j}: {got} vs {want}");
+                }
+            }
+        }
     }
 }
