@@ -106,13 +106,17 @@ impl Math {
         // rounds it to an integer (the float's ulp there is 1) and leaves
         // that integer in the low mantissa bits, so neither a `nearest` nor
         // a float-to-int conversion (a long saturating sequence on x86) is
-        // needed. k is held where n is in [-126, 127], the normal exponents;
-        // NaN stays NaN through it and through r.
+        // needed. n is held at 127, the largest normal exponent; it is at
+        // least -126 wherever the result is not replaced by 0 below. Every
+        // instruction and constant counts here: a softmax's exp loop keeps
+        // all of them in the 16 vector registers, and each one more spills.
         const MAGIC: f32 = 12_582_912.0;
         let log2e = self.f(b, std::f32::consts::LOG2_E);
         let magic = self.f(b, MAGIC);
         let k = self.mul_add(b, x, log2e, magic);
-        let k = self.clamp(b, k, MAGIC - 126.0, MAGIC + 127.0);
+        let hi = self.f(b, MAGIC + 127.0);
+        let above = b.ins().fcmp(FloatCC::LessThan, hi, k);
+        let k = self.select(b, above, hi, k);
         let n = b.ins().fsub(k, magic);
         // ln2 split in two so n*C1 is exact: r = x - n C1 - n C2.
         let c1 = self.f(b, -0.693_359_4);
@@ -131,12 +135,18 @@ impl Math {
         let scale = self.to_float(b, e);
         // Past the largest result p * 2^127 overflows to inf by itself (p
         // grows with r, and r with x); below the smallest normal result the
-        // answer is 0, not the garbage of a held n.
+        // answer is 0 (not a subnormal, nor the garbage of an exponent
+        // below -126): the mask "not below" (true for NaN) ANDed in.
         let y = b.ins().fmul(p, scale);
         let under = self.f(b, -87.336_55);
-        let zero = self.f(b, 0.0);
-        let m = b.ins().fcmp(FloatCC::LessThan, x, under);
-        self.select(b, m, zero, y)
+        let keep = b.ins().fcmp(FloatCC::UnorderedOrGreaterThanOrEqual, x, under);
+        if self.ty.is_vector() {
+            let keep = self.to_float(b, keep);
+            b.ins().band(y, keep)
+        } else {
+            let zero = self.f(b, 0.0);
+            b.ins().select(keep, y, zero)
+        }
     }
 
     /// Natural logarithm.
