@@ -362,6 +362,11 @@ impl<'s> Gen<'s> {
                 let addr = self.addr(b, k, Some(j));
                 self.load(b, k, addr, vector)
             }
+            Expr::Binary(Binary::Div, a, c) if self.reciprocal_of(c).is_some() => {
+                let x = self.full_value(b, a, j, vector, cache);
+                let r = m.f(b, self.reciprocal_of(c).expect("checked by the guard"));
+                b.ins().fmul(x, r)
+            }
             other => {
                 let mut ops = Vec::new();
                 for a in operands(&other) {
@@ -372,6 +377,19 @@ impl<'s> Gen<'s> {
         };
         cache.insert(e, v);
         v
+    }
+
+    /// `1/c` when `e` is a constant `c` that can be divided by as a
+    /// multiplication: `c` and `1/c` both normal floats, so nothing
+    /// overflows or loses precision on the way. The product then differs
+    /// from the quotient by at most an ulp (none when `c` is a power of
+    /// two), and a division per element (a GELU's `x / sqrt(2)`, a
+    /// `x / const` scaling) becomes a multiplication, which is several
+    /// times cheaper and does not occupy the divider that `erf` needs.
+    fn reciprocal_of(&self, e: ExprId) -> Option<f32> {
+        let Expr::Const(c) = self.spec.exprs[e] else { return None };
+        let r = 1.0 / c;
+        (c.is_normal() && r.is_normal()).then_some(r)
     }
 
     /// One operation on already computed operands.
@@ -1082,6 +1100,40 @@ mod tests {
                     }
                     assert!((got - want).abs() <= 1e-6 + 1e-6 * want, "n {n} row {r} col {j}: {got} vs {want}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn division_by_a_constant_is_a_multiplication_within_an_ulp() {
+        use Binary as B;
+        let xs: Vec<f32> = (0..11).map(|i| (i as f32 - 5.0) * 1.37e3 + 0.1).collect();
+        let run = |c: f32| {
+            let spec = KernelSpec {
+                dims: vec![1, xs.len()],
+                inputs: vec![InputSpec { ty: InputType::F32, strides: vec![0, 1] }],
+                exprs: vec![Expr::Input(0), Expr::Const(c), Expr::Binary(B::Div, 0, 1)],
+                outputs: vec![OutputSpec { expr: 2, level: Level::Full }],
+            };
+            let (_, insts) = compile_for_host(&spec);
+            let divides = insts.iter().any(|(_, op)| *op == Opcode::Fdiv);
+            (run_kernel(&spec, std::slice::from_ref(&xs), &[xs.len()]).remove(0), divides)
+        };
+        for c in [std::f32::consts::SQRT_2, 3.0, 0.125, -7.5e-3] {
+            let (out, divides) = run(c);
+            assert!(!divides, "x / {c} still divides");
+            for (x, y) in xs.iter().zip(&out) {
+                let want = x / c;
+                assert!((y - want).abs() <= want.abs() * f32::EPSILON, "{x} / {c}: {y} vs {want}");
+            }
+        }
+        // Where 1/c is not a normal float, or c is 0, it stays a division.
+        for c in [1e-39f32, 3e38, 0.0] {
+            let (out, divides) = run(c);
+            assert!(divides, "x / {c} must divide");
+            for (x, y) in xs.iter().zip(&out) {
+                let want = x / c;
+                assert!(*y == want || (y.is_nan() && want.is_nan()), "{x} / {c}: {y} vs {want}");
             }
         }
     }
