@@ -589,28 +589,49 @@ impl<'s> Gen<'s> {
         let no = b.ins().iconst(types::I8, 0);
         b.def_var(snan, no);
         if vec_end > 0 {
-            let vacc = b.declare_var(types::F32X4);
+            // A cheap reduced value (a LayerNorm's sums: a load and an add)
+            // leaves the loop waiting on the accumulator's add latency, so it
+            // gets up to four accumulators, each a vector apart; an
+            // expensive one (softmax's exp) is bound by its own work and
+            // keeps one, which also keeps its registers free.
+            let ways: i64 =
+                if self.expensive(a) { 1 } else { [4, 2, 1].into_iter().find(|&w| vec_end >= 8 * w).unwrap_or(1) };
+            let accs: Vec<Variable> = (0..ways).map(|_| b.declare_var(types::F32X4)).collect();
             let init = b.ins().splat(types::F32X4, init);
-            b.def_var(vacc, init);
+            for &acc in &accs {
+                b.def_var(acc, init);
+            }
             let vnan = b.declare_var(types::I32X4);
             let no = b.ins().iconst(types::I32, 0);
             let no = b.ins().splat(types::I32X4, no);
             b.def_var(vnan, no);
-            self.emit_loop(b, 0, vec_end, 4, |g, b, j| {
-                let mut cache = HashMap::new();
-                let x = g.full_value(b, a, j, true, &mut cache);
-                if let Some(row_addr) = keep {
-                    let off = b.ins().imul_imm_s(j, 4);
-                    let addr = b.ins().iadd(row_addr, off);
-                    b.ins().store(flags(), x, addr, 0);
-                }
-                let acc = b.use_var(vacc);
-                let acc = combine(b, acc, x);
-                b.def_var(vacc, acc);
-                if track_nan {
-                    note_nan(b, vnan, x);
-                }
-            });
+            let unrolled_end = vec_end / (4 * ways) * (4 * ways);
+            for (lo, hi, ways) in [(0, unrolled_end, ways), (unrolled_end, vec_end, 1)] {
+                self.emit_loop(b, lo, hi, 4 * ways, |g, b, j| {
+                    for (w, &var) in accs.iter().take(ways as usize).enumerate() {
+                        let jw = if w == 0 { j } else { b.ins().iadd_imm_s(j, 4 * w as i64) };
+                        let mut cache = HashMap::new();
+                        let x = g.full_value(b, a, jw, true, &mut cache);
+                        if let Some(row_addr) = keep {
+                            let off = b.ins().imul_imm_s(jw, 4);
+                            let addr = b.ins().iadd(row_addr, off);
+                            b.ins().store(flags(), x, addr, 0);
+                        }
+                        let acc = b.use_var(var);
+                        let acc = combine(b, acc, x);
+                        b.def_var(var, acc);
+                        if track_nan {
+                            note_nan(b, vnan, x);
+                        }
+                    }
+                });
+            }
+            let mut vals: Vec<Value> = accs.iter().map(|&v| b.use_var(v)).collect();
+            while vals.len() > 1 {
+                vals = vals.chunks(2).map(|p| combine(b, p[0], p[1])).collect();
+            }
+            let vacc = b.declare_var(types::F32X4);
+            b.def_var(vacc, vals[0]);
             let acc = b.use_var(vacc);
             let l: Vec<Value> = (0..4u8).map(|i| b.ins().extractlane(acc, i)).collect();
             let x = combine(b, l[0], l[1]);
@@ -1042,7 +1063,8 @@ mod tests {
 
     #[test]
     fn max_min_sum_match_a_scalar_reference_with_nan_inf_and_tails() {
-        for n in [1usize, 3, 4, 5, 8, 11, 128, 130] {
+        // 21, 36 and 47 also run the unrolled loop's remainder vector.
+        for n in [1usize, 3, 4, 5, 8, 11, 21, 36, 47, 128, 130] {
             let rows = awkward_rows(n);
             let spec = KernelSpec {
                 dims: vec![rows.len(), n],
