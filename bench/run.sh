@@ -17,6 +17,11 @@
 # every row (in <row>.load and in the summary), so that a number taken under
 # load can be recognised and rerun.
 #
+# The tract column comes from bench/tract-peer (tract-onnx, built here in
+# release on first use; it times on one thread or THREADS, whichever its
+# warm-up found faster); its outputs are also checked against onnxruntime's
+# reference outputs (tract-check.txt).
+#
 # Needs: python3 with onnxruntime and numpy; shared/models (SHARC_SHARED_DIR).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -50,6 +55,9 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "onnxruntime: $(python3 -c 'import onnxruntime; print(onnxruntime.__version__)' 2>/dev/null || echo missing)"
+  if [ -z "${SKIP_TRACT:-}" ]; then
+    echo "tract: tract-onnx $(sed -n '/^name = "tract-onnx"$/{n;s/version = "\(.*\)"/\1/p}' bench/tract-peer/Cargo.lock)"
+  fi
   echo "load before: $(load)"
 } > "$out/env.txt"
 # run NAME MODEL SHAPE [BACKEND [PEERS...]]
@@ -76,6 +84,15 @@ if [ -n "${MLIR:-}" ]; then
   run minilm-b8-s128-mlir minilm-l6.onnx batch=8,seq=128 mlir
 fi
 echo "load after models: $(load)" >> "$out/env.txt"
+if [ -z "${SKIP_TRACT:-}" ] && [ -z "${ONLY:-}" ]; then
+  # tract's timings count only if it computes the models right: its outputs
+  # on the first rows of the reference inputs, against onnxruntime's outputs
+  # stored beside them (the peer fails beyond its tolerance, 1e-3).
+  for m in minilm-l6 gpt-tiny; do
+    echo "$m: $(bench/tract-peer/target/release/tract-peer "$shared/models/$m.onnx" \
+      --data "$shared/models/$m.data.safetensors" --rows 8 --check --iters 1 --warmup 0)"
+  done | tee "$out/tract-check.txt"
+fi
 if [ -z "${SKIP_KERNELS:-}" ]; then
   cargo run -q --release -p sharc-cranelift --example kernels -- --threads "$threads" | tee "$out/kernels.txt"
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS="$threads" python3 bench/gemm_numpy.py \

@@ -28,10 +28,16 @@ for f in sorted(out.glob("*.json")):
     peers = r.get("peers", {})
     ort = peers.get("onnxruntime", {}).get("median_ms")
     tract = peers.get("tract", {}).get("median_ms")
+    # A peer that ran a converted file (not the original) is marked.
+    tract_text = fmt(tract) + (" (converted)" if peers.get("tract", {}).get("model") else "")
+    # tract times on one thread when that beat the pool in its warm-up.
+    tract_threads = peers.get("tract", {}).get("threads")
+    if tract is not None and tract_threads not in (None, r.get("threads")):
+        tract_text += f" ({tract_threads} thr)"
     s = r["median_ms"]
     ratio = lambda p: f"{s / p:.2f}" if isinstance(p, (int, float)) and p > 0 else "-"
     load = load_of(f.stem)
-    rows.append(f"| {f.stem} | {r.get('backend', '-')} | {fmt(s)} | {fmt(r.get('p90_ms'))} | {fmt(ort)} | {fmt(tract)} "
+    rows.append(f"| {f.stem} | {r.get('backend', '-')} | {fmt(s)} | {fmt(r.get('p90_ms'))} | {fmt(ort)} | {tract_text} "
                 f"| {ratio(ort)} | {ratio(tract)} | {fmt(r.get('compile_ms'))} | {r.get('peak_rss_bytes', 0) / 1e6:.0f} "
                 f"| {load.get('before', '-')} → {load.get('after', '-')} |")
     facts["rows"][f.stem] = {**r, "load": load}
@@ -41,6 +47,24 @@ print("| config | backend | sharc median ms | sharc p90 ms | onnxruntime ms | tr
       "| compile ms | peak RSS MB | load (1/5/15 min) before → after |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 print("\n".join(rows))
+
+# tract's outputs on reference inputs against onnxruntime's (tract-check.txt).
+check = out / "tract-check.txt"
+if check.exists():
+    print("\n## tract's outputs against onnxruntime's references (first 8 rows of the reference inputs)\n")
+    facts["tract_check"] = {}
+    for line in check.read_text().splitlines():
+        model, _, text = line.partition(": ")
+        try:
+            diffs = json.loads(text).get("check", [])
+        except json.JSONDecodeError:
+            diffs = None
+        if diffs:
+            for c in diffs:
+                print(f"- {model}: `{c['output']}` {c['shape']} max abs diff {c['max_abs_diff']:.2e}")
+        else:
+            print(f"- {model}: no comparison (the peer failed or the file holds no output): {text or '-'}")
+        facts["tract_check"][model] = diffs
 
 profiled = [(k, v) for k, v in facts["rows"].items() if v.get("profile")]
 if profiled:

@@ -55,15 +55,15 @@ pub struct Tuning {
     pub threads: Option<usize>,
     /// Fuse elementwise and reduction chains into kernels.
     pub fuse: bool,
-    /// Use the Cranelift-generated GEMM instead of the `gemm` crate.
-    pub cranelift_gemm: bool,
+    /// Which GEMM the Cranelift backend runs matrix products on.
+    pub gemm: sharc_cranelift::GemmImpl,
     /// Record the time of every step (see [`Prepared::profile`]).
     pub profile: bool,
 }
 
 impl Default for Tuning {
     fn default() -> Tuning {
-        Tuning { threads: None, fuse: true, cranelift_gemm: false, profile: false }
+        Tuning { threads: None, fuse: true, gemm: sharc_cranelift::GemmImpl::default(), profile: false }
     }
 }
 
@@ -228,11 +228,7 @@ impl Backend {
                 let opts = sharc_cranelift::CompileOptions {
                     threads: tuning.threads,
                     fuse: tuning.fuse,
-                    gemm: if tuning.cranelift_gemm {
-                        sharc_cranelift::GemmImpl::Cranelift
-                    } else {
-                        sharc_cranelift::GemmImpl::Crate
-                    },
+                    gemm: tuning.gemm,
                     profile: tuning.profile,
                     ..Default::default()
                 };
@@ -317,9 +313,10 @@ impl Prepared<'_> {
                     lines.push(format!("interpreted ops: {}", fb.join(", ")));
                 }
                 lines.push(format!(
-                    "arena: {:.2} MB (without reuse {:.2} MB)",
+                    "arena: {:.2} MB (without reuse {:.2} MB); weights packed for the products: {:.2} MB",
                     st.arena_bytes as f64 / 1e6,
-                    st.arena_bytes_unshared as f64 / 1e6
+                    st.arena_bytes_unshared as f64 / 1e6,
+                    c.packed_weight_bytes() as f64 / 1e6
                 ));
                 lines
             }
@@ -337,6 +334,7 @@ impl Prepared<'_> {
             let st = c.stats();
             m.insert("compile_ms".into(), (c.compile_time().as_secs_f64() * 1e3).into());
             m.insert("arena_bytes".into(), st.arena_bytes.into());
+            m.insert("packed_weight_bytes".into(), c.packed_weight_bytes().into());
             m.insert("fallback_nodes".into(), st.fallback_nodes.into());
             m.insert("fused_nodes".into(), st.fused_nodes.into());
             m.insert("kernels".into(), st.kernels.into());

@@ -41,8 +41,11 @@ pub struct Args {
     /// Turn kernel fusion off (to measure what it buys).
     #[arg(long)]
     no_fuse: bool,
-    /// Which GEMM the cranelift backend uses.
-    #[arg(long, default_value = "crate", value_parser = ["crate", "cranelift"])]
+    /// Which GEMM the cranelift backend uses: `packed` (weights packed at
+    /// compile time, AVX2+FMA microkernel; the crate where the CPU lacks
+    /// them), `crate` (the `gemm` crate) or `cranelift` (generated, as in
+    /// object files).
+    #[arg(long, default_value = "packed", value_parser = ["packed", "crate", "cranelift"])]
     gemm: String,
     /// Also write the results as JSON to this file.
     #[arg(long)]
@@ -110,6 +113,27 @@ fn external_peer(cmd: &mut std::process::Command, what: &str) -> Result<serde_js
     serde_json::from_str(line).map_err(|e| Error::Usage(format!("the {what} peer printed no JSON result ({e})")))
 }
 
+/// The tract peer's `--inputs` specs (`i64:8x128`) for the generated inputs:
+/// it fills each with ones, as sharc does, so both run the same values.
+fn tract_input_specs(tensors: &[Tensor]) -> Vec<String> {
+    tensors
+        .iter()
+        .map(|t| {
+            let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
+            format!("{}:{}", t.dtype(), dims.join("x"))
+        })
+        .collect()
+}
+
+/// Writes `g` as ONNX into a new temporary folder, for a peer that reads
+/// ONNX only; the folder (first) lives as long as the peer needs the file.
+fn onnx_copy(g: &sharc::ir::Graph) -> Result<(tempfile::TempDir, PathBuf), Error> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Usage(format!("cannot make a temporary folder: {e}")))?;
+    let path = dir.path().join("model.onnx");
+    sharc::model::save(g, &path, &sharc::model::SaveOptions::default())?;
+    Ok((dir, path))
+}
+
 pub fn run(a: Args) -> Result<(), Error> {
     let g = sharc::model::load(&a.model)?;
     let dims = parse_shape(&a.shape)?;
@@ -134,8 +158,7 @@ pub fn run(a: Args) -> Result<(), Error> {
         "iters": a.iters,
     });
 
-    let tuning =
-        Tuning { threads: Some(threads), fuse: !a.no_fuse, cranelift_gemm: a.gemm == "cranelift", profile: false };
+    let tuning = Tuning { threads: Some(threads), fuse: !a.no_fuse, gemm: gemm_impl(&a.gemm), profile: false };
     let prepared = a.backend.prepare(&g, &inputs, &tuning).map_err(eval_err)?;
     for line in prepared.describe() {
         println!("{line}");
@@ -217,21 +240,30 @@ pub fn run(a: Args) -> Result<(), Error> {
                         bench_dir().join("tract-peer").join("Cargo.toml").display()
                     )));
                 }
-                let specs: Vec<String> = tensors
-                    .iter()
-                    .map(|t| {
-                        let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
-                        format!("{}:{}", t.dtype(), dims.join("x"))
-                    })
-                    .collect();
+                // tract reads ONNX only: a `.sharc` model goes to it as the
+                // same graph written out as ONNX, and the result says so.
+                let converted = match sharc::model::Format::of(&a.model)? {
+                    sharc::model::Format::Onnx => None,
+                    sharc::model::Format::Text => Some(onnx_copy(&g)?),
+                };
                 let mut cmd = std::process::Command::new(bin);
-                cmd.arg(&a.model).args(["--inputs", &specs.join(",")]).args([
-                    "--iters",
-                    &a.iters.to_string(),
-                    "--warmup",
-                    &a.warmup.to_string(),
-                ]);
-                external_peer(&mut cmd, "tract")?
+                cmd.arg(converted.as_ref().map_or(a.model.as_path(), |(_, p)| p.as_path()));
+                match &a.inputs {
+                    // The same data sharc runs on, read by the peer itself.
+                    Some(p) => cmd.arg("--data").arg(p),
+                    None => cmd.args(["--inputs", &tract_input_specs(&tensors).join(",")]),
+                };
+                cmd.args(["--iters", &a.iters.to_string(), "--warmup", &a.warmup.to_string()])
+                    .args(["--threads", &threads.to_string()]);
+                if a.inputs.is_some() {
+                    // Reference outputs kept beside the inputs are compared.
+                    cmd.arg("--check");
+                }
+                let mut result = external_peer(&mut cmd, "tract")?;
+                if converted.is_some() {
+                    result["model"] = "converted to ONNX by sharc".into();
+                }
+                result
             }
         };
         let median = result["median_ms"].as_f64().unwrap_or(f64::NAN);
@@ -240,6 +272,20 @@ pub fn run(a: Args) -> Result<(), Error> {
             result["p90_ms"].as_f64().unwrap_or(f64::NAN),
             ms(main.median) / median
         );
+        for c in result["check"].as_array().into_iter().flatten() {
+            println!(
+                "peer {peer}: output '{}' differs from the reference in {} by at most {:.3e}",
+                c["output"].as_str().unwrap_or("?"),
+                a.inputs.as_ref().map_or(String::new(), |p| p.display().to_string()),
+                c["max_abs_diff"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        if let Some(n) = result["threads"].as_u64().filter(|&n| n as usize != threads) {
+            println!("peer {peer}: ran on {n} thread(s), faster than {threads} in its warm-up");
+        }
+        if let Some(m) = result["model"].as_str() {
+            println!("peer {peer}: ran the model {m}");
+        }
         peers.insert(peer.clone(), result);
     }
     json["peers"] = peers.into();
@@ -248,4 +294,60 @@ pub fn run(a: Args) -> Result<(), Error> {
         sharc::io::write_atomic(p, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// The GEMM that `--gemm` names (clap has checked the spelling).
+fn gemm_impl(name: &str) -> sharc_cranelift::GemmImpl {
+    match name {
+        "crate" => sharc_cranelift::GemmImpl::Crate,
+        "cranelift" => sharc_cranelift::GemmImpl::Cranelift,
+        _ => sharc_cranelift::GemmImpl::Packed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sharc::ir::Value;
+
+    #[test]
+    fn tract_specs_give_type_and_shape() {
+        let ids = Tensor::from_vec(&[8, 128], vec![1i64; 8 * 128]);
+        let scale = Tensor::from_vec(&[], vec![0.5f32]);
+        // The peer reads `TYPE:` with no dims as a scalar.
+        assert_eq!(tract_input_specs(&[ids, scale]), ["i64:8x128", "f32:"]);
+    }
+
+    #[test]
+    fn onnx_copy_computes_what_the_graph_computes() {
+        let mut g = sharc::ir::parse(
+            "graph @mlp(%x: f32[batch, 4]) -> (%y) {
+  %w = weight @w : f32[4, 3]
+  %h = MatMul(%x, %w) : f32[batch, 3]
+  %y = Relu(%h) : f32[batch, 3]
+}
+",
+        )
+        .unwrap();
+        let ids: Vec<_> = g.weights.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            let w = g.weights.get_mut(id).unwrap();
+            let vals: Vec<f32> = (0..12).map(|i| (i as f32 - 4.0) / 3.0).collect();
+            *w = sharc::ir::Weight::from_tensor(w.name.clone(), Tensor::from_vec(&[4, 3], vals));
+        }
+        let (dir, path) = onnx_copy(&g).unwrap();
+        assert!(path.starts_with(dir.path()) && path.extension().is_some_and(|e| e == "onnx"));
+        let back = sharc::model::load(&path).unwrap();
+        let x = vec![Value::Tensor(Tensor::from_vec(&[2, 4], (0..8).map(|i| i as f32 / 2.0 - 1.0).collect()))];
+        let interp = sharc::interp::Interpreter::new();
+        let want = interp.evaluate(&g, &x).unwrap();
+        let got = interp.evaluate(&back, &x).unwrap();
+        assert_eq!(got, want);
+        // Row 1 of x is [1, 1.5, 2, 2.5]; column 2 of w is [-2/3, 1/3, 4/3, 7/3]:
+        // 1·(-2/3) + 1.5/3 + 2·4/3 + 2.5·7/3 = 8.33...
+        let y = got[0].as_tensor().unwrap().to_f64_vec().unwrap();
+        assert!((y[5] - 25.0 / 3.0).abs() < 1e-5, "{y:?}");
+        drop(dir);
+        assert!(!path.exists(), "the temporary copy goes with its folder");
+    }
 }

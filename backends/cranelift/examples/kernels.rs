@@ -16,10 +16,6 @@ use sharc_ir::op::{AxisAttr, BinaryOp, LayerNormalization, UnaryOp};
 use sharc_ir::{DType, Graph, Op, Tensor, Type, Weight};
 use std::time::{Duration, Instant};
 
-fn median(f: impl FnMut(), iters: usize) -> Duration {
-    measure(f, iters).0
-}
-
 /// CPU time used so far by all of this process's threads, from Linux's
 /// per-thread scheduler statistics (nanoseconds); `None` elsewhere.
 fn process_cpu() -> Option<Duration> {
@@ -100,8 +96,8 @@ fn main() {
         .map(|s| s.split(',').map(str::to_string).collect());
     let want = |section: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == section));
     println!("threads: {threads}");
-    println!("GEMM (GFLOP/s, median):");
-    println!("{:>28} {:>12} {:>16}", "batch x m x n x k", "gemm crate", "cranelift kernel");
+    println!("GEMM (GFLOP/s of wall time, median; in brackets GFLOP per CPU-second, which load does not dilute):");
+    println!("{:>28} {:>20} {:>20} {:>20}", "batch x m x n x k", "packed", "gemm crate", "cranelift kernel");
     let shapes = [
         (1, 128, 384, 384, "minilm b1 qkv/out proj"),
         (1, 1024, 384, 384, "minilm b8 qkv/out proj"),
@@ -115,12 +111,13 @@ fn main() {
         let (g, inputs) = gemm_graph(b, m, n, k);
         let flops = 2.0 * (b * m * n * k) as f64;
         let mut line = format!("{:>28}", format!("{b}x{m}x{n}x{k}"));
-        for gemm in [GemmImpl::Crate, GemmImpl::Cranelift] {
+        for gemm in [GemmImpl::Packed, GemmImpl::Crate, GemmImpl::Cranelift] {
             let opts = CompileOptions { gemm, threads: Some(threads), ..Default::default() };
             let c = compile(&g, &opts).expect("compiles");
-            let iters = if gemm == GemmImpl::Crate { 30 } else { 5 };
-            let t = median(|| drop(c.run(&inputs).expect("runs")), iters);
-            line.push_str(&format!(" {:>12.1}", flops / t.as_secs_f64() / 1e9));
+            let iters = if gemm == GemmImpl::Cranelift { 5 } else { 30 };
+            let (t, cpu) = measure(|| drop(c.run(&inputs).expect("runs")), iters);
+            let per_cpu = cpu.map_or(String::new(), |c| format!("({:.1})", flops / c.as_secs_f64() / 1e9));
+            line.push_str(&format!(" {:>12.1} {:>7}", flops / t.as_secs_f64() / 1e9, per_cpu));
         }
         println!("{line}    {what}");
     }

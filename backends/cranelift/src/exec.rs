@@ -2,7 +2,8 @@
 //! an arena reused across runs, and optional per-step timing.
 
 use crate::codegen;
-use crate::matmul::{GemmImpl, MatMulSpec, SendPtr, run_gemm_crate};
+use crate::matmul::{GemmImpl, MatMulSpec, PanelB, SendPtr, run_gemm_crate, run_packed};
+use crate::packed_gemm::{self, PackedB};
 use crate::plan::{Loc, OutSrc, Plan, PlanStats, Step, TArg, View};
 use crate::specialize::Specialized;
 use crate::{CompileError, CompileOptions};
@@ -12,7 +13,7 @@ use rayon::prelude::*;
 use sharc_interp::ops::{OpContext, run_op};
 use sharc_ir::{DType, EvalError, Graph, Tensor, TensorData, Type, Value, WeightData, WeightId};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A kernel's entry point: `(pointer table, first row, end row)`.
@@ -70,10 +71,13 @@ pub struct Compiled {
     _jit: Jit,
     weights: HashMap<WeightId, ConstPtr>,
     /// Dense copies of weights whose stored tensor is not in standard layout.
-    _weight_copies: Vec<Tensor>,
+    _weight_copies: HashMap<WeightId, Tensor>,
     threads: usize,
     pool: Option<rayon::ThreadPool>,
     gemm: GemmImpl,
+    /// Right operands packed at compile time, by step. A weight used by
+    /// several products (a tied layer) is packed once and shared.
+    prepacked: HashMap<usize, Arc<PackedB>>,
     arenas: Mutex<Vec<Vec<Line>>>,
     profile: Option<Mutex<Vec<(u64, Duration)>>>,
     input_names: Vec<String>,
@@ -149,7 +153,7 @@ impl Compiled {
             *c = standard(c);
         }
         let mut weights = HashMap::new();
-        let mut keep_alive = Vec::new();
+        let mut keep_alive = HashMap::new();
         for s in &plan.steps {
             for loc in step_locs(s) {
                 if let Loc::Weight(w) = loc
@@ -158,7 +162,7 @@ impl Compiled {
                     let wt = g.weights.get(w).ok_or_else(|| CompileError::Graph(format!("weight {w} is missing")))?;
                     let (p, keep) = weight_ptr(wt);
                     weights.insert(w, p);
-                    keep_alive.extend(keep);
+                    keep_alive.extend(keep.map(|t| (w, t)));
                 }
             }
         }
@@ -170,9 +174,16 @@ impl Compiled {
             {
                 let (p, keep) = weight_ptr(wt);
                 weights.insert(w, p);
-                keep_alive.extend(keep);
+                keep_alive.extend(keep.map(|t| (w, t)));
             }
         }
+        // The packed product needs AVX2 and FMA; elsewhere the crate runs.
+        let gemm = match opts.gemm {
+            GemmImpl::Packed if !packed_gemm::available() => GemmImpl::Crate,
+            g => g,
+        };
+        let prepacked =
+            if gemm == GemmImpl::Packed { prepack(&g, &plan, &mut weights, &mut keep_alive) } else { HashMap::new() };
         let threads = opts.threads.unwrap_or_else(rayon::current_num_threads).max(1);
         let pool = match opts.threads {
             Some(t) => Some(
@@ -201,7 +212,8 @@ impl Compiled {
             _weight_copies: keep_alive,
             threads,
             pool,
-            gemm: opts.gemm,
+            gemm,
+            prepacked,
             arenas: Mutex::new(Vec::new()),
             profile,
             input_names,
@@ -220,6 +232,13 @@ impl Compiled {
     /// run by the interpreter, and the arena size.
     pub fn stats(&self) -> &PlanStats {
         &self.plan.stats
+    }
+
+    /// Bytes of weights packed for the matrix products at compile time
+    /// (each distinct operand once: a tied weight counts once).
+    pub fn packed_weight_bytes(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        self.prepacked.values().filter(|p| seen.insert(Arc::as_ptr(p))).map(|p| p.bytes()).sum()
     }
 
     /// Number of distinct kernels generated (identical kernels are shared).
@@ -373,7 +392,10 @@ impl Compiled {
                 self.call_rows(self.kernels[*kernel], &ptrs, *rows, *inner);
             }
             Step::MatMul { spec, a, b, out, label, epilogue } => {
-                let (pa, pb, po) = (self.ptr(a, dyns, arena)?, self.ptr(b, dyns, arena)?, self.ptr(out, dyns, arena)?);
+                let prepacked = self.prepacked.get(&i);
+                // A prepacked operand's stored form may have been released.
+                let pb = if prepacked.is_some() { std::ptr::null_mut() } else { self.ptr(b, dyns, arena)? };
+                let (pa, po) = (self.ptr(a, dyns, arena)?, self.ptr(out, dyns, arena)?);
                 let epi = match epilogue {
                     Some(e) => {
                         let ptrs: Vec<*mut u8> =
@@ -401,6 +423,31 @@ impl Compiled {
                                 }
                             }
                         });
+                    }
+                    (GemmImpl::Packed, _) => {
+                        let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
+                        let b = match prepacked {
+                            Some(p) => PanelB::Prepacked(p),
+                            None => PanelB::Strided(SendPtr(pb as *mut f32)),
+                        };
+                        // SAFETY: as for the crate below; `prepack` packed the
+                        // step's own B, and `packed_gemm::available` was checked
+                        // when `self.gemm` was chosen.
+                        unsafe {
+                            run_packed(
+                                spec,
+                                pa as *const f32,
+                                b,
+                                po as *mut f32,
+                                self.threads,
+                                epi_ref.map(|(f, p)| {
+                                    move |s: usize, e: usize| {
+                                        let p = p;
+                                        f(p.0 as *const *mut u8, s as i64, e as i64)
+                                    }
+                                }),
+                            )
+                        }
                     }
                     (GemmImpl::Crate, _) => {
                         let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
@@ -625,6 +672,130 @@ fn standard(t: &Tensor) -> Tensor {
     }
 }
 
+/// The identity of a packed operand: where it lives, its offset, `k`, `n`
+/// and its row and column strides.
+type Operand = (Loc, isize, usize, usize, isize, isize);
+
+/// The products whose right operand is a constant shared by the whole batch
+/// (a weight, or a folded constant), with the operand each one reads.
+fn packable(plan: &Plan, weights: &HashMap<WeightId, ConstPtr>) -> Vec<(usize, Operand)> {
+    let mut out = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let Step::MatMul { spec, b, .. } = step else { continue };
+        let constant = match b.loc {
+            Loc::Weight(w) => weights.contains_key(&w),
+            Loc::Const(_) => true,
+            Loc::Arena(_) | Loc::Dyn(_) => false,
+        };
+        if constant && spec.b_bstrides.iter().all(|&s| s == 0) {
+            out.push((i, (b.loc, b.offset, spec.k, spec.n, spec.b_rs, spec.b_cs)));
+        }
+    }
+    out
+}
+
+/// Packs the right operand of every [`packable`] product, once per distinct
+/// operand: products that read the same weight through the same strides (a
+/// layer tied N times) share one packed copy.
+///
+/// A weight that nothing but packed products reads is needed no more in its
+/// stored form once packed: right after its last packing, its decoded copy
+/// is dropped and a file mapping's pages are given back, so the weight
+/// occupies memory once (packed), and the peak never holds all of both.
+fn prepack(
+    g: &Graph,
+    plan: &Plan,
+    weights: &mut HashMap<WeightId, ConstPtr>,
+    copies: &mut HashMap<WeightId, Tensor>,
+) -> HashMap<usize, Arc<PackedB>> {
+    let steps = packable(plan, weights);
+    let packed_steps: std::collections::HashSet<usize> = steps.iter().map(|(i, _)| *i).collect();
+    let releasable = read_only_packed(plan, &packed_steps);
+    let mut last_packing: HashMap<WeightId, usize> = HashMap::new();
+    for &(i, (loc, ..)) in &steps {
+        if let Loc::Weight(w) = loc {
+            last_packing.insert(w, i);
+        }
+    }
+    let mut by_operand: HashMap<Operand, Arc<PackedB>> = HashMap::new();
+    let mut out = HashMap::new();
+    for (i, key @ (loc, offset, k, n, rs, cs)) in steps {
+        let base = match loc {
+            Loc::Weight(w) => weights.get(&w).map(|p| p.0 as *const f32),
+            Loc::Const(c) => Some(data_ptr(&plan.consts[c]) as *const f32),
+            Loc::Arena(_) | Loc::Dyn(_) => None,
+        };
+        let packed = match (by_operand.get(&key), base) {
+            (Some(p), _) => p.clone(),
+            (None, Some(base)) => {
+                // SAFETY: the planner built the view inside the constant, and
+                // the spec's strides are the view's.
+                let p = Arc::new(unsafe { PackedB::pack(base.wrapping_offset(offset), k, n, rs, cs) });
+                by_operand.insert(key, p.clone());
+                p
+            }
+            (None, None) => continue,
+        };
+        out.insert(i, packed);
+        if let Loc::Weight(w) = loc
+            && last_packing.get(&w) == Some(&i)
+            && releasable.contains(&w)
+        {
+            weights.remove(&w);
+            copies.remove(&w);
+            if let Some(wt) = g.weights.get(w)
+                && let WeightData::Mapped { file, offset, len } = &wt.data
+            {
+                // SAFETY: the mapping is read-only, so dropping its pages
+                // loses nothing: a later read faults them back in from the
+                // file. Failure only means the pages stay resident.
+                let _ = unsafe { file.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *offset, *len) };
+            }
+        }
+    }
+    out
+}
+
+/// The weights that the plan reads only as the right operand of the
+/// products in `packed` (not in kernels, other products, the interpreter's
+/// fallbacks, nor as graph outputs).
+fn read_only_packed(plan: &Plan, packed: &std::collections::HashSet<usize>) -> std::collections::HashSet<WeightId> {
+    let mut only_packed = std::collections::HashSet::new();
+    let mut other = std::collections::HashSet::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let mut locs = step_locs(step);
+        if let Step::MatMul { b, .. } = step
+            && let Loc::Weight(w) = b.loc
+            && packed.contains(&i)
+        {
+            only_packed.insert(w);
+            // Only the B operand's own entry is a packed read.
+            if let Some(at) = locs.iter().position(|&l| l == b.loc) {
+                locs.remove(at);
+            }
+        }
+        other.extend(locs.into_iter().filter_map(|l| if let Loc::Weight(w) = l { Some(w) } else { None }));
+        if let Step::Fallback { args, .. } = step {
+            other.extend(args.iter().filter_map(|a| if let Some(TArg::Weight(w)) = a { Some(*w) } else { None }));
+        }
+    }
+    for o in &plan.outputs {
+        match o {
+            OutSrc::Weight(w) => {
+                other.insert(*w);
+            }
+            OutSrc::View(v) => {
+                if let Loc::Weight(w) = v.loc {
+                    other.insert(w);
+                }
+            }
+            _ => {}
+        }
+    }
+    only_packed.retain(|w| !other.contains(w));
+    only_packed
+}
+
 /// Where a weight's elements are: in the mapped file when it is aligned for
 /// its type (no copy), else in its decoded tensor (in standard layout; a
 /// copy is returned to keep alive when the stored tensor is not).
@@ -645,6 +816,47 @@ fn weight_ptr(w: &sharc_ir::Weight) -> (ConstPtr, Option<Tensor>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_read_only_by_packed_products_are_released_and_others_kept() {
+        use sharc_ir::{BinaryOp, Op, Shape, Weight};
+        if !packed_gemm::available() {
+            return;
+        }
+        // y1 = x · W1 and y2 = x · W2, and W2 also feeds a kernel (v + W2):
+        // W1's stored form is needed no more once packed, W2's is.
+        let mut g = Graph::new("release");
+        let x = g.add_input("x", Type::tensor(DType::F32, Shape::fixed(&[3, 4])));
+        let v = g.add_input("v", Type::tensor(DType::F32, Shape::fixed(&[4, 5])));
+        let w1: Vec<f32> = (0..20).map(|i| i as f32 / 7.0).collect();
+        let w2: Vec<f32> = (0..20).map(|i| 1.0 - i as f32 / 9.0).collect();
+        let id1 = g.weights.add_unique(Weight::from_tensor("w1", Tensor::from_vec(&[4, 5], w1.clone())));
+        let id2 = g.weights.add_unique(Weight::from_tensor("w2", Tensor::from_vec(&[4, 5], w2.clone())));
+        let (a, b) = (g.weight_value(id1), g.weight_value(id2));
+        let y1 = g.add_op(Op::MatMul, &[x, a], Type::Unknown);
+        let y2 = g.add_op(Op::MatMul, &[x, b], Type::Unknown);
+        let z = g.add_op(Op::Binary(BinaryOp::Add), &[v, b], Type::Unknown);
+        g.add_output("y1", y1);
+        g.add_output("y2", y2);
+        g.add_output("z", z);
+        let c = crate::compile(&g, &crate::CompileOptions { threads: Some(1), ..Default::default() }).unwrap();
+        assert_eq!(c.prepacked.len(), 2, "both products read a packed weight");
+        assert!(!c.weights.contains_key(&id1), "W1 is read only by its packed product");
+        assert!(c.weights.contains_key(&id2), "W2 is also read by a kernel");
+        let xs: Vec<f32> = (0..12).map(|i| i as f32 - 5.5).collect();
+        let out = c.run(&[Tensor::from_vec(&[3, 4], xs.clone()), Tensor::from_vec(&[4, 5], vec![0.5f32; 20])]).unwrap();
+        for (o, w) in [(&out[0], &w1), (&out[1], &w2)] {
+            let got = o.as_array::<f32>().unwrap();
+            for r in 0..3 {
+                for col in 0..5 {
+                    let want: f32 = (0..4).map(|p| xs[r * 4 + p] * w[p * 5 + col]).sum();
+                    assert!((got[[r, col]] - want).abs() < 1e-4);
+                }
+            }
+        }
+        let z = out[2].as_array::<f32>().unwrap();
+        assert!(z.iter().zip(&w2).all(|(&z, &w)| z == 0.5 + w));
+    }
 
     /// The element at `idx` of a view, by the definition of strides.
     fn naive(buf: &[f32], v: &View, idx: &[usize]) -> f32 {

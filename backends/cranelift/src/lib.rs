@@ -9,8 +9,11 @@
 //!   Softmax, residual adds, scaling, `Where` masks, decomposed RMS norms) are
 //!   grouped by a fusion planner and compiled into one Cranelift function
 //!   each, vectorised with `f32x4` and with scalar tails;
-//! - **matrix products** (`MatMul`, `Gemm`) run on the `gemm` crate over
-//!   strided views, so transposes and broadcast batch dims cost no copy (an
+//! - **matrix products** (`MatMul`, `Gemm`) run over strided views on a
+//!   packed product with an AVX2+FMA microkernel whose constant right
+//!   operands (weights) are packed once at compile time, a tied weight once
+//!   for all its layers (the `gemm` crate where AVX2/FMA is missing), so
+//!   transposes and broadcast batch dims cost no copy (an
 //!   activation's batch dims fold into the rows of one product with a shared
 //!   weight), and the elementwise chain that follows runs as an epilogue on
 //!   each block of rows while that block is still in cache;
@@ -51,6 +54,7 @@ mod kernel;
 mod math;
 mod matmul;
 mod memory;
+mod packed_gemm;
 mod plan;
 mod specialize;
 #[cfg(test)]
@@ -84,7 +88,7 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> CompileOptions {
-        CompileOptions { dims: BTreeMap::new(), fuse: true, gemm: GemmImpl::Crate, threads: None, profile: false }
+        CompileOptions { dims: BTreeMap::new(), fuse: true, gemm: GemmImpl::default(), threads: None, profile: false }
     }
 }
 

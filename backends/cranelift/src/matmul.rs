@@ -3,16 +3,26 @@
 //! `MatMul` and `Gemm` are planned as a batched product with arbitrary
 //! strides for both operands: a transposed operand, a broadcast batch dim or
 //! a head split by `Reshape`+`Transpose` is just a stride, so none of them
-//! costs a copy. The product itself runs on the `gemm` crate (AVX2/AVX-512
-//! or NEON microkernels with cache blocking), or — for object files, which
-//! cannot call into Rust — on a kernel generated with Cranelift.
+//! costs a copy. The product itself runs on sharc's packed product
+//! ([`crate::packed_gemm`]: weights packed once at compile time, an AVX2+FMA
+//! microkernel), on the `gemm` crate where that cannot run, or — for object
+//! files, which cannot call into Rust — on a kernel generated with Cranelift.
 
+use crate::packed_gemm::{self, PackedB};
 use crate::plan::View;
+use std::cell::RefCell;
+use std::ops::Range;
 
 /// Which GEMM computes matrix products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum GemmImpl {
-    /// The `gemm` crate: the fastest available on this machine.
+    /// sharc's packed product: constant right operands packed once at
+    /// compile time into 16-column panels, a 6x16 AVX2+FMA microkernel.
+    /// On CPUs without AVX2/FMA it falls back to [`GemmImpl::Crate`].
+    #[default]
+    Packed,
+    /// The `gemm` crate (AVX2/AVX-512 or NEON microkernels with cache
+    /// blocking); it packs the right operand in every call.
     Crate,
     /// A kernel generated with Cranelift (`f32x4`, one row by eight columns
     /// per step). Object output always uses it.
@@ -266,6 +276,139 @@ pub(crate) unsafe fn run_gemm_crate<E: Fn(usize, usize) + Sync>(
     }
 }
 
+/// Where the packed product finds its right operand.
+#[derive(Clone, Copy)]
+pub(crate) enum PanelB<'a> {
+    /// Packed when the model was compiled (a constant shared by the batch).
+    Prepacked(&'a PackedB),
+    /// At this address through the spec's strides: packed in the call.
+    Strided(SendPtr),
+}
+
+thread_local! {
+    /// Each worker's buffer for packing the right operand of the matrices
+    /// it takes, reused from call to call.
+    static PACK_BUFFER: RefCell<PackedB> = RefCell::new(PackedB::default());
+}
+
+/// Runs the product with [`packed_gemm`], then `epilogue(first, end)` on
+/// each block of output rows (numbered `batch × m + row`) right after the
+/// block is computed, as [`run_gemm_crate`] does.
+///
+/// Work is split like [`run_gemm_crate`]: whole matrices when the batch
+/// keeps every thread busy (each worker packs its matrix's right operand
+/// into its own buffer), else slices of rows of each matrix sharing one
+/// packed right operand.
+///
+/// # Safety
+/// As for [`run_gemm_crate`], and [`packed_gemm::available`] must be true.
+/// A prepacked operand must be the spec's `B` (then `B` is shared by every
+/// matrix of the batch).
+pub(crate) unsafe fn run_packed<E: Fn(usize, usize) + Sync>(
+    spec: &MatMulSpec,
+    a: *const f32,
+    b: PanelB<'_>,
+    out: *mut f32,
+    threads: usize,
+    epilogue: Option<E>,
+) {
+    use rayon::prelude::*;
+    let (m, n, k) = (spec.m, spec.n, spec.k);
+    let count = spec.batch_count();
+    if m == 0 || n == 0 || count == 0 {
+        return;
+    }
+    if let PanelB::Prepacked(p) = b {
+        assert!(p.k() == k && p.n() == n, "a prepacked operand must be the spec's B (a bug in the planner)");
+    }
+    let (a, out) = (SendPtr(a as *mut f32), SendPtr(out));
+    // Rows r0..r1 of matrix i, over the columns of some panels of B.
+    let product = |i: usize, r0: usize, r1: usize, panels: Range<usize>, packed: &PackedB| {
+        let (oa, _) = spec.batch_offsets(i);
+        let (a, out) = (a, out);
+        // SAFETY: offsets stay within the views (checked by the planner's
+        // shapes); each call writes its own rows or columns of `out`.
+        unsafe {
+            packed_gemm::gemm_rows(
+                a.0.offset(oa + r0 as isize * spec.a_rs),
+                spec.a_rs,
+                spec.a_cs,
+                packed,
+                panels,
+                out.0.add((i * m + r0) * n),
+                n,
+                r1 - r0,
+                spec.alpha(),
+            )
+        };
+    };
+    let finish = |i: usize, r0: usize, r1: usize| {
+        if let Some(e) = &epilogue {
+            e(i * m + r0, i * m + r1);
+        }
+    };
+    // Rows r0..r1 of matrix i whole, then their epilogue while in cache.
+    let rows = |i: usize, r0: usize, r1: usize, packed: &PackedB| {
+        product(i, r0, r1, 0..packed.panels(), packed);
+        finish(i, r0, r1);
+    };
+    // Matrix i's B, packed into `buf` unless it was packed at compile time.
+    let b_addr = match b {
+        PanelB::Strided(p) => Some(p),
+        PanelB::Prepacked(_) => None,
+    };
+    let pack = |i: usize, buf: &mut PackedB| {
+        if let Some(p) = b_addr {
+            let (_, ob) = spec.batch_offsets(i);
+            // SAFETY: B's strided extent for matrix i is readable.
+            unsafe { buf.repack(p.0.offset(ob), k, n, spec.b_rs, spec.b_cs) };
+        }
+    };
+    let threaded = threads > 1 && (m * n * k.max(1) * count) as f64 >= 2e5;
+    let whole_matrices = count >= 2 * threads || (count >= threads && m < 64);
+    if threaded && whole_matrices {
+        (0..count).into_par_iter().for_each(|i| match b {
+            PanelB::Prepacked(p) => rows(i, 0, m, p),
+            PanelB::Strided(_) => PACK_BUFFER.with_borrow_mut(|buf| {
+                pack(i, buf);
+                rows(i, 0, m, buf)
+            }),
+        });
+        return;
+    }
+    // Slices of rows, a multiple of the microkernel's 6 rows and at least
+    // 48, one to four per thread: each slice reads all of B again (from the
+    // shared cache), so more slices only pay for balance. With too few rows
+    // for that (one token at a time, a small batch), threads take groups of
+    // columns instead, and the epilogue runs once they have all finished.
+    let panels = n.div_ceil(packed_gemm::NR);
+    let by_columns = threaded && m < 48 * threads && panels >= 2 * threads;
+    let slices = if threaded { threads * (m / (48 * threads)).clamp(1, 4) } else { 1 };
+    let per = m.div_ceil(slices).next_multiple_of(packed_gemm::MR).min(m);
+    let slices = m.div_ceil(per);
+    let per_group = panels.div_ceil(2 * threads);
+    let mut own = PackedB::default();
+    for i in 0..count {
+        let packed = match b {
+            PanelB::Prepacked(p) => p,
+            PanelB::Strided(_) => {
+                pack(i, &mut own);
+                &own
+            }
+        };
+        if by_columns {
+            (0..panels.div_ceil(per_group))
+                .into_par_iter()
+                .for_each(|g| product(i, 0, m, g * per_group..((g + 1) * per_group).min(panels), packed));
+            finish(i, 0, m);
+        } else if slices == 1 {
+            rows(i, 0, m, packed);
+        } else {
+            (0..slices).into_par_iter().for_each(|s| rows(i, s * per, ((s + 1) * per).min(m), packed));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn gemm_crate_threaded_paths_match_naive_product_and_cover_every_row_once() {
+    fn threaded_paths_match_naive_product_and_cover_every_row_once() {
         // Odd sizes throughout. The first two run one product per task
         // (a batch of 12 from broadcasting [3, 1] against [1, 4], the second
         // with B transposed: a strided view); the third splits the rows of a
@@ -349,6 +492,8 @@ mod tests {
             (view(&[3, 1, 37, 53]), view(&[1, 4, 53, 19]), vec![3, 4, 37, 19]),
             (view(&[4, 45, 61]), t, vec![4, 45, 19]),
             (view(&[101, 53]), view(&[53, 47]), vec![101, 47]),
+            // Too few rows to split: the packed runner splits columns.
+            (view(&[7, 61]), view(&[61, 530]), vec![7, 530]),
             (view(&[5, 3]), view(&[3, 2]), vec![5, 2]),
         ];
         for (av, bv, out_shape) in cases {
@@ -357,22 +502,42 @@ mod tests {
                 |v: &View| 1 + v.shape.iter().zip(&v.strides).map(|(&n, &st)| (n - 1) * st as usize).sum::<usize>();
             let a: Vec<f32> = (0..extent(&av)).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..extent(&bv)).map(|i| (i as f32 * 0.11).cos()).collect();
-            let rows = s.batch_count() * s.m;
-            let mut out = vec![f32::NAN; rows * s.n];
-            let seen = std::sync::Mutex::new(vec![0u32; rows]);
-            let epilogue = |r0: usize, r1: usize| {
-                let mut seen = seen.lock().unwrap();
-                for r in r0..r1 {
-                    seen[r] += 1;
-                }
-            };
-            // SAFETY: buffers sized for the views' extents and the output.
-            unsafe { run_gemm_crate(&s, a.as_ptr(), b.as_ptr(), out.as_mut_ptr(), 2, Some(epilogue)) };
             let want = naive(&s, &a, &b);
-            for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() < 1e-4, "{out_shape:?}: element {i} is {g}, want {w}");
+            // The crate, the packed product packing B in the call, and (when
+            // B is shared by the batch) packed once beforehand.
+            let shared = s.b_bstrides.iter().all(|&x| x == 0);
+            // SAFETY: b is the spec's B over its extent.
+            let prepacked = unsafe { PackedB::pack(b.as_ptr(), s.k, s.n, s.b_rs, s.b_cs) };
+            for runner in ["crate", "packed", "prepacked"] {
+                if runner != "crate" && !packed_gemm::available() || runner == "prepacked" && !shared {
+                    continue;
+                }
+                let rows = s.batch_count() * s.m;
+                let mut out = vec![f32::NAN; rows * s.n];
+                let seen = std::sync::Mutex::new(vec![0u32; rows]);
+                let epilogue = |r0: usize, r1: usize| {
+                    let mut seen = seen.lock().unwrap();
+                    for r in r0..r1 {
+                        seen[r] += 1;
+                    }
+                };
+                // SAFETY: buffers sized for the views' extents and the output;
+                // the packed runners only run where the CPU has AVX2/FMA.
+                unsafe {
+                    let (pa, po) = (a.as_ptr(), out.as_mut_ptr());
+                    match runner {
+                        "crate" => run_gemm_crate(&s, pa, b.as_ptr(), po, 2, Some(epilogue)),
+                        "packed" => {
+                            run_packed(&s, pa, PanelB::Strided(SendPtr(b.as_ptr() as *mut f32)), po, 2, Some(epilogue))
+                        }
+                        _ => run_packed(&s, pa, PanelB::Prepacked(&prepacked), po, 2, Some(epilogue)),
+                    }
+                }
+                for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() < 1e-4, "{runner} {out_shape:?}: element {i} is {g}, want {w}");
+                }
+                assert!(seen.into_inner().unwrap().iter().all(|&c| c == 1), "{runner} {out_shape:?}: epilogue rows");
             }
-            assert!(seen.into_inner().unwrap().iter().all(|&c| c == 1), "{out_shape:?}: epilogue rows");
         }
     }
 }
