@@ -2,7 +2,7 @@
 //! crate and the Cranelift-generated kernel) on the shapes of minilm-l6 and
 //! gpt-tiny, and fused LayerNormalization / Softmax bandwidth in GB/s.
 //!
-//! `cargo run --release -p sharc-cranelift --example kernels [-- --threads N] [--only gemm,ffn,gelu,layernorm,softmax]`
+//! `cargo run --release -p sharc-cranelift --example kernels [-- --threads N] [--only gemm,ffn,gelu,layernorm,softmax,attention]`
 //!
 //! `--only` keeps the named sections, e.g. to compare two builds of one
 //! kernel in alternating runs on a machine shared with other work.
@@ -208,6 +208,46 @@ fn main() {
             bytes / t.as_secs_f64() / 1e9,
             t.as_secs_f64() * 1e6,
             cpu_note(cpu)
+        );
+    }
+    // Attention scores as BERT exports them: Q K^T per head, scaled, plus
+    // the additive mask broadcast over heads and query rows, then Softmax;
+    // the backend runs Mul+Add+Softmax as the product's epilogue. Next to
+    // the product alone, so the epilogue's share shows.
+    if want("attention") {
+        let (batch, heads, seq, dh) = (8usize, 12usize, 128usize, 32usize);
+        let bh = batch * heads;
+        let inputs = vec![
+            Tensor::from_vec(&[batch, heads, seq, dh], data(bh * seq * dh, 0.0)),
+            Tensor::from_vec(&[batch, heads, dh, seq], data(bh * seq * dh, 1.0)),
+            Tensor::from_vec(
+                &[batch, 1, 1, seq],
+                (0..batch * seq).map(|i| if i % seq < seq - 8 * (i / seq) { 0.0f32 } else { -10000.0 }).collect(),
+            ),
+        ];
+        let mut figures = Vec::new();
+        for softmax in [false, true] {
+            let mut g = Graph::new("attention");
+            let q = g.add_input("q", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[batch, heads, seq, dh])));
+            let k = g.add_input("k", Type::tensor(DType::F32, sharc_ir::Shape::fixed(&[batch, heads, dh, seq])));
+            let mut y = g.add_op(Op::MatMul, &[q, k], Type::Unknown);
+            if softmax {
+                let shape = sharc_ir::Shape::fixed(&[batch, 1, 1, seq]);
+                let mask = g.add_input("mask", Type::tensor(DType::F32, shape));
+                let scale = g.add_weight(Weight::from_tensor("scale", Tensor::scalar(1.0 / (dh as f32).sqrt())));
+                y = g.add_op(Op::Binary(BinaryOp::Mul), &[y, scale], Type::Unknown);
+                y = g.add_op(Op::Binary(BinaryOp::Add), &[y, mask], Type::Unknown);
+                y = g.add_op(Op::Softmax(AxisAttr { axis: -1 }), &[y], Type::Unknown);
+            }
+            g.add_output("y", y);
+            let c = compile(&g, &CompileOptions { threads: Some(threads), ..Default::default() }).expect("compiles");
+            let inp: Vec<Tensor> = if softmax { inputs.clone() } else { inputs[..2].to_vec() };
+            let (t, cpu) = measure(|| drop(c.run(&inp).expect("runs")), 20);
+            figures.push(format!("{:.1} us{}", t.as_secs_f64() * 1e6, cpu_note(cpu)));
+        }
+        println!(
+            "  attention scores [{batch}x{heads}, {seq}, {seq}] (minilm b8): Q K^T alone {}; + scale + mask + Softmax epilogue {}",
+            figures[0], figures[1]
         );
     }
 }

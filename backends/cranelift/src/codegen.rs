@@ -18,6 +18,7 @@ use crate::math::Math;
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Type, UserFuncName, Value, types};
+use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_module::{FuncId, Linkage, Module};
 use std::collections::{BTreeSet, HashMap};
@@ -39,17 +40,25 @@ pub(crate) fn define_kernel<M: Module>(
     let mut ctx = Context::new();
     ctx.func.signature = sig;
     ctx.func.name = UserFuncName::user(0, id.as_u32());
-    let frontend = module.target_config();
-    let fma = module.isa().has_native_fma();
-    let mut fctx = FunctionBuilderContext::new();
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        Gen::new(spec, ptr, fma).emit(&mut b);
-        b.seal_all_blocks();
-        b.finalize(frontend);
-    }
+    build_kernel(&mut ctx.func, spec, module.target_config(), module.isa().has_native_fma());
     module.define_function(id, &mut ctx).map_err(|e| err(format!("{e:?}")))?;
     Ok(id)
+}
+
+/// Fills `func` (whose signature is the kernel signature) with the code of
+/// `spec`; shared by [`define_kernel`] and the tests that read the machine
+/// code.
+fn build_kernel(
+    func: &mut cranelift_codegen::ir::Function,
+    spec: &KernelSpec,
+    frontend: TargetFrontendConfig,
+    fma: bool,
+) {
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(func, &mut fctx);
+    Gen::new(spec, frontend.pointer_type(), fma).emit(&mut b);
+    b.seal_all_blocks();
+    b.finalize(frontend);
 }
 
 fn flags() -> MemFlagsData {
@@ -353,6 +362,11 @@ impl<'s> Gen<'s> {
                 let addr = self.addr(b, k, Some(j));
                 self.load(b, k, addr, vector)
             }
+            Expr::Binary(Binary::Div, a, c) if self.reciprocal_of(c).is_some() => {
+                let x = self.full_value(b, a, j, vector, cache);
+                let r = m.f(b, self.reciprocal_of(c).expect("checked by the guard"));
+                b.ins().fmul(x, r)
+            }
             other => {
                 let mut ops = Vec::new();
                 for a in operands(&other) {
@@ -363,6 +377,19 @@ impl<'s> Gen<'s> {
         };
         cache.insert(e, v);
         v
+    }
+
+    /// `1/c` when `e` is a constant `c` that can be divided by as a
+    /// multiplication: `c` and `1/c` both normal floats, so nothing
+    /// overflows or loses precision on the way. The product then differs
+    /// from the quotient by at most an ulp (none when `c` is a power of
+    /// two), and a division per element (a GELU's `x / sqrt(2)`, a
+    /// `x / const` scaling) becomes a multiplication, which is several
+    /// times cheaper and does not occupy the divider that `erf` needs.
+    fn reciprocal_of(&self, e: ExprId) -> Option<f32> {
+        let Expr::Const(c) = self.spec.exprs[e] else { return None };
+        let r = 1.0 / c;
+        (c.is_normal() && r.is_normal()).then_some(r)
     }
 
     /// One operation on already computed operands.
@@ -478,8 +505,15 @@ impl<'s> Gen<'s> {
         b.ins().jump(head, &[]);
         b.switch_to_block(head);
         let j = b.use_var(jv);
-        let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, j, end);
-        b.ins().brif(more, body_b, &[], exit, &[]);
+        // The exit must be the branch's *first* target. Cranelift's
+        // elaboration (which does its loop-invariant code motion) walks the
+        // dominator tree in an order where, with the body first, the code
+        // after a loop is visited before the body and pops the loop off its
+        // stack of loops: nothing in the body was then hoisted out of it, so
+        // every row value (a softmax's max, the reciprocal of its sum, their
+        // splats) and every constant of `exp` was recomputed per vector.
+        let done = b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, j, end);
+        b.ins().brif(done, exit, &[], body_b, &[]);
         b.switch_to_block(body_b);
         let j = b.use_var(jv);
         body(self, b, j);
@@ -521,36 +555,94 @@ impl<'s> Gen<'s> {
             Reduce::Max => f32::NEG_INFINITY,
             Reduce::Min => f32::INFINITY,
         };
-        let combine = |b: &mut FunctionBuilder, x: Value, y: Value| match kind {
-            Reduce::Sum => b.ins().fadd(x, y),
-            Reduce::Max => b.ins().fmax(x, y),
-            Reduce::Min => b.ins().fmin(x, y),
+        let fma = self.fma;
+        // Max and min as the compare-and-select that is one `maxps`/`minps`
+        // on x86 (Cranelift's `fmax`/`fmin` are an eight-instruction NaN
+        // and signed-zero sequence there, and on the accumulator's
+        // dependency chain). Those drop a NaN operand, so NaN is tracked
+        // apart, in a mask that only ORs, and restored after the loops.
+        let combine = |b: &mut FunctionBuilder, acc: Value, x: Value| {
+            let m = Math { ty: b.func.dfg.value_type(acc), fma };
+            match kind {
+                Reduce::Sum => b.ins().fadd(acc, x),
+                Reduce::Max => {
+                    let c = b.ins().fcmp(FloatCC::LessThan, acc, x);
+                    m.select(b, c, x, acc)
+                }
+                Reduce::Min => {
+                    let c = b.ins().fcmp(FloatCC::LessThan, x, acc);
+                    m.select(b, c, x, acc)
+                }
+            }
+        };
+        let track_nan = kind != Reduce::Sum;
+        let note_nan = |b: &mut FunctionBuilder, var: Variable, x: Value| {
+            let u = b.ins().fcmp(FloatCC::Unordered, x, x);
+            let seen = b.use_var(var);
+            let seen = b.ins().bor(seen, u);
+            b.def_var(var, seen);
         };
         let sacc = b.declare_var(types::F32);
         let init = b.ins().f32const(identity);
         b.def_var(sacc, init);
+        let snan = b.declare_var(types::I8);
+        let no = b.ins().iconst(types::I8, 0);
+        b.def_var(snan, no);
         if vec_end > 0 {
-            let vacc = b.declare_var(types::F32X4);
+            // A cheap reduced value (a LayerNorm's sums: a load and an add)
+            // leaves the loop waiting on the accumulator's add latency, so it
+            // gets up to four accumulators, each a vector apart; an
+            // expensive one (softmax's exp) is bound by its own work and
+            // keeps one, which also keeps its registers free.
+            let ways: i64 =
+                if self.expensive(a) { 1 } else { [4, 2, 1].into_iter().find(|&w| vec_end >= 8 * w).unwrap_or(1) };
+            let accs: Vec<Variable> = (0..ways).map(|_| b.declare_var(types::F32X4)).collect();
             let init = b.ins().splat(types::F32X4, init);
-            b.def_var(vacc, init);
-            self.emit_loop(b, 0, vec_end, 4, |g, b, j| {
-                let mut cache = HashMap::new();
-                let x = g.full_value(b, a, j, true, &mut cache);
-                if let Some(row_addr) = keep {
-                    let off = b.ins().imul_imm_s(j, 4);
-                    let addr = b.ins().iadd(row_addr, off);
-                    b.ins().store(flags(), x, addr, 0);
-                }
-                let acc = b.use_var(vacc);
-                let acc = combine(b, acc, x);
-                b.def_var(vacc, acc);
-            });
+            for &acc in &accs {
+                b.def_var(acc, init);
+            }
+            let vnan = b.declare_var(types::I32X4);
+            let no = b.ins().iconst(types::I32, 0);
+            let no = b.ins().splat(types::I32X4, no);
+            b.def_var(vnan, no);
+            let unrolled_end = vec_end / (4 * ways) * (4 * ways);
+            for (lo, hi, ways) in [(0, unrolled_end, ways), (unrolled_end, vec_end, 1)] {
+                self.emit_loop(b, lo, hi, 4 * ways, |g, b, j| {
+                    for (w, &var) in accs.iter().take(ways as usize).enumerate() {
+                        let jw = if w == 0 { j } else { b.ins().iadd_imm_s(j, 4 * w as i64) };
+                        let mut cache = HashMap::new();
+                        let x = g.full_value(b, a, jw, true, &mut cache);
+                        if let Some(row_addr) = keep {
+                            let off = b.ins().imul_imm_s(jw, 4);
+                            let addr = b.ins().iadd(row_addr, off);
+                            b.ins().store(flags(), x, addr, 0);
+                        }
+                        let acc = b.use_var(var);
+                        let acc = combine(b, acc, x);
+                        b.def_var(var, acc);
+                        if track_nan {
+                            note_nan(b, vnan, x);
+                        }
+                    }
+                });
+            }
+            let mut vals: Vec<Value> = accs.iter().map(|&v| b.use_var(v)).collect();
+            while vals.len() > 1 {
+                vals = vals.chunks(2).map(|p| combine(b, p[0], p[1])).collect();
+            }
+            let vacc = b.declare_var(types::F32X4);
+            b.def_var(vacc, vals[0]);
             let acc = b.use_var(vacc);
             let l: Vec<Value> = (0..4u8).map(|i| b.ins().extractlane(acc, i)).collect();
             let x = combine(b, l[0], l[1]);
             let y = combine(b, l[2], l[3]);
             let s = combine(b, x, y);
             b.def_var(sacc, s);
+            if track_nan {
+                let seen = b.use_var(vnan);
+                let any = b.ins().vany_true(seen);
+                b.def_var(snan, any);
+            }
         }
         if vec_end < inner {
             self.prepare(b, &deps, false);
@@ -565,7 +657,17 @@ impl<'s> Gen<'s> {
                 let acc = b.use_var(sacc);
                 let acc = combine(b, acc, x);
                 b.def_var(sacc, acc);
+                if track_nan {
+                    note_nan(b, snan, x);
+                }
             });
+        }
+        if track_nan {
+            let s = b.use_var(sacc);
+            let seen = b.use_var(snan);
+            let nan = b.ins().f32const(f32::NAN);
+            let s = b.ins().select(seen, nan, s);
+            b.def_var(sacc, s);
         }
         let v = b.use_var(sacc);
         self.row_cache.insert(r, v);
@@ -831,4 +933,230 @@ fn emit_matmul(b: &mut FunctionBuilder, ptr: Type, s: &crate::matmul::MatMulSpec
         }
     });
     b.ins().return_(&[]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{InputSpec, OutputSpec};
+    use cranelift_codegen::control::ControlPlane;
+    use cranelift_codegen::ir::{Function, Opcode, Signature};
+    use cranelift_codegen::isa::CallConv;
+    use cranelift_codegen::settings::{self, Configurable};
+    use cranelift_module::Linkage;
+
+    /// A kernel compiled for the host: its machine code as Cranelift prints
+    /// it, and the loop depth of each optimised CLIF instruction's block with
+    /// the instruction's opcode (depth 1 is the loop over rows).
+    pub(crate) fn compile_for_host(spec: &KernelSpec) -> (String, Vec<(usize, Opcode)>) {
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").expect("opt_level");
+        let isa = cranelift_native::builder().expect("host isa").finish(settings::Flags::new(flags)).expect("isa");
+        let mut sig = Signature::new(CallConv::triple_default(isa.triple()));
+        sig.params.push(AbiParam::new(isa.pointer_type()));
+        sig.params.push(AbiParam::new(types::I64));
+        sig.params.push(AbiParam::new(types::I64));
+        let mut func = Function::with_name_signature(UserFuncName::user(0, 0), sig);
+        build_kernel(&mut func, spec, isa.frontend_config(), isa.has_native_fma());
+        let mut ctx = Context::for_function(func);
+        ctx.set_disasm(true);
+        ctx.compile(&*isa, &mut ControlPlane::default()).expect("compiles");
+        let code = ctx.compiled_code().and_then(|c| c.vcode.clone()).expect("disassembly");
+        ctx.compute_cfg();
+        ctx.compute_domtree();
+        ctx.compute_loop_analysis();
+        let mut insts = Vec::new();
+        for block in ctx.func.layout.blocks() {
+            let depth = ctx.loop_analysis.loop_level(block).level();
+            for inst in ctx.func.layout.block_insts(block) {
+                insts.push((depth, ctx.func.dfg.insts[inst].opcode()));
+            }
+        }
+        (code, insts)
+    }
+
+    /// Attention's epilogue: `softmax(x * scale + mask)` over rows of `n`,
+    /// the mask broadcast over the rows of a head.
+    pub(crate) fn attention_softmax(rows: usize, n: usize) -> KernelSpec {
+        use Binary as B;
+        let exprs = vec![
+            Expr::Input(0),
+            Expr::Const(0.125),
+            Expr::Binary(B::Mul, 0, 1),
+            Expr::Input(1),
+            Expr::Binary(B::Add, 2, 3),
+            Expr::Reduce(Reduce::Max, 4),
+            Expr::Binary(B::Sub, 4, 5),
+            Expr::Unary(Unary::Exp, 6),
+            Expr::Reduce(Reduce::Sum, 7),
+            Expr::Unary(Unary::Recip, 8),
+            Expr::Binary(B::Mul, 7, 9),
+        ];
+        KernelSpec {
+            dims: vec![rows, n],
+            inputs: vec![
+                InputSpec { ty: InputType::F32, strides: vec![n as isize, 1] },
+                InputSpec { ty: InputType::F32, strides: vec![0, 1] },
+            ],
+            exprs,
+            outputs: vec![OutputSpec { expr: 10, level: Level::Full }],
+        }
+    }
+
+    /// Row values (the max, the sum's reciprocal, their splats) must be
+    /// computed once per row, between the loops over the row, never inside
+    /// one of them: Cranelift only hoists them there when loops are laid
+    /// out as `emit_loop` does (see there).
+    #[test]
+    fn softmax_row_values_stay_out_of_inner_loops() {
+        let (code, insts) = compile_for_host(&attention_softmax(4, 128));
+        let per_row = [Opcode::Fdiv, Opcode::Extractlane, Opcode::Splat];
+        for (depth, op) in &insts {
+            assert!(*depth <= 1 || !per_row.contains(op), "{op} runs per element (loop depth {depth}):\n{code}");
+        }
+        assert!(insts.iter().any(|(_, op)| *op == Opcode::Fdiv), "one reciprocal per row");
+        assert!(!code.lines().any(|l| l.trim_start().starts_with("call")), "the kernel calls out:\n{code}");
+    }
+
+    /// Compiles `spec` with the JIT and runs it over all its rows; `outs`
+    /// are the output lengths.
+    fn run_kernel(spec: &KernelSpec, inputs: &[Vec<f32>], outs: &[usize]) -> Vec<Vec<f32>> {
+        use cranelift_jit::{JITBuilder, JITModule};
+        let builder = JITBuilder::with_flags(&[("opt_level", "speed")], cranelift_module::default_libcall_names())
+            .expect("jit builder");
+        let mut module = JITModule::new(builder);
+        let id = define_kernel(&mut module, "k", Linkage::Local, spec).expect("kernel compiles");
+        module.finalize_definitions().expect("finalizes");
+        let mut inputs = inputs.to_vec();
+        let mut outputs: Vec<Vec<f32>> = outs.iter().map(|&n| vec![f32::MAX; n]).collect();
+        let mut ptrs: Vec<*mut u8> = inputs.iter_mut().map(|v| v.as_mut_ptr() as *mut u8).collect();
+        ptrs.extend(outputs.iter_mut().map(|v| v.as_mut_ptr() as *mut u8));
+        // SAFETY: the buffers are as long as the spec's strides and dims
+        // address (checked by the callers' shapes), and live across the call.
+        unsafe {
+            let f: extern "C" fn(*const *mut u8, i64, i64) = std::mem::transmute(module.get_finalized_function(id));
+            f(ptrs.as_ptr(), 0, spec.rows() as i64);
+        }
+        outputs
+    }
+
+    /// Rows that exercise the reductions: ordinary values, all equal, and
+    /// NaN / infinities at the first position (a vector lane) and the last
+    /// (the scalar tail when `n` is not a multiple of 4).
+    fn awkward_rows(n: usize) -> Vec<Vec<f32>> {
+        let base: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.77 + 0.3).sin() * 3.0).collect();
+        let with = |at: usize, v: f32| {
+            let mut r = base.clone();
+            r[at] = v;
+            r
+        };
+        vec![
+            base.clone(),
+            vec![0.5; n],
+            with(0, f32::NAN),
+            with(n - 1, f32::NAN),
+            with(0, f32::NEG_INFINITY),
+            with(n - 1, f32::INFINITY),
+            with(n / 2, -7.5),
+        ]
+    }
+
+    #[test]
+    fn max_min_sum_match_a_scalar_reference_with_nan_inf_and_tails() {
+        // 21, 36 and 47 also run the unrolled loop's remainder vector.
+        for n in [1usize, 3, 4, 5, 8, 11, 21, 36, 47, 128, 130] {
+            let rows = awkward_rows(n);
+            let spec = KernelSpec {
+                dims: vec![rows.len(), n],
+                inputs: vec![InputSpec { ty: InputType::F32, strides: vec![n as isize, 1] }],
+                exprs: vec![
+                    Expr::Input(0),
+                    Expr::Reduce(Reduce::Max, 0),
+                    Expr::Reduce(Reduce::Min, 0),
+                    Expr::Reduce(Reduce::Sum, 0),
+                ],
+                outputs: (1..4).map(|e| OutputSpec { expr: e, level: Level::Row }).collect(),
+            };
+            let out = run_kernel(&spec, &[rows.concat()], &[rows.len(); 3]);
+            for (r, row) in rows.iter().enumerate() {
+                let nan = row.iter().any(|v| v.is_nan());
+                let max = if nan { f32::NAN } else { row.iter().copied().fold(f32::NEG_INFINITY, f32::max) };
+                let min = if nan { f32::NAN } else { row.iter().copied().fold(f32::INFINITY, f32::min) };
+                let sum = row.iter().map(|&v| v as f64).sum::<f64>();
+                let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+                assert!(same(out[0][r], max), "n {n} row {r}: max {} vs {max}", out[0][r]);
+                assert!(same(out[1][r], min), "n {n} row {r}: min {} vs {min}", out[1][r]);
+                let s = out[2][r] as f64;
+                let close = (s - sum).abs() <= 1e-5 * sum.abs().max(1.0) || (s.is_nan() && sum.is_nan()) || s == sum;
+                assert!(close, "n {n} row {r}: sum {s} vs {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn masked_softmax_matches_f64_on_every_row_length() {
+        for n in [1usize, 3, 4, 5, 7, 128, 130] {
+            let rows = 5;
+            let x: Vec<f32> =
+                (0..rows * n).map(|i| if i / n == 1 { 2.5 } else { ((i as f32) * 0.61).sin() * 20.0 }).collect();
+            // Position 0 stays visible; others are masked by -inf or by
+            // BERT's -10000, in the vector part and in the tail.
+            let mask: Vec<f32> = (0..n)
+                .map(|j| match j {
+                    0 => 0.0,
+                    j if j % 3 == 1 => f32::NEG_INFINITY,
+                    j if j % 5 == 2 || j == n - 1 => -10000.0,
+                    _ => 0.0,
+                })
+                .collect();
+            let out = run_kernel(&attention_softmax(rows, n), &[x.clone(), mask.clone()], &[rows * n]);
+            for r in 0..rows {
+                let v: Vec<f64> = (0..n).map(|j| x[r * n + j] as f64 * 0.125 + mask[j] as f64).collect();
+                let mx = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = v.iter().map(|a| (a - mx).exp()).sum();
+                for j in 0..n {
+                    let want = (v[j] - mx).exp() / sum;
+                    let got = out[0][r * n + j] as f64;
+                    if mask[j] < -1.0 {
+                        assert_eq!(got, 0.0, "n {n} row {r} col {j}: a masked position must be exactly 0");
+                    }
+                    assert!((got - want).abs() <= 1e-6 + 1e-6 * want, "n {n} row {r} col {j}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn division_by_a_constant_is_a_multiplication_within_an_ulp() {
+        use Binary as B;
+        let xs: Vec<f32> = (0..11).map(|i| (i as f32 - 5.0) * 1.37e3 + 0.1).collect();
+        let run = |c: f32| {
+            let spec = KernelSpec {
+                dims: vec![1, xs.len()],
+                inputs: vec![InputSpec { ty: InputType::F32, strides: vec![0, 1] }],
+                exprs: vec![Expr::Input(0), Expr::Const(c), Expr::Binary(B::Div, 0, 1)],
+                outputs: vec![OutputSpec { expr: 2, level: Level::Full }],
+            };
+            let (_, insts) = compile_for_host(&spec);
+            let divides = insts.iter().any(|(_, op)| *op == Opcode::Fdiv);
+            (run_kernel(&spec, std::slice::from_ref(&xs), &[xs.len()]).remove(0), divides)
+        };
+        for c in [std::f32::consts::SQRT_2, 3.0, 0.125, -7.5e-3] {
+            let (out, divides) = run(c);
+            assert!(!divides, "x / {c} still divides");
+            for (x, y) in xs.iter().zip(&out) {
+                let want = x / c;
+                assert!((y - want).abs() <= want.abs() * f32::EPSILON, "{x} / {c}: {y} vs {want}");
+            }
+        }
+        // Where 1/c is not a normal float, or c is 0, it stays a division.
+        for c in [1e-39f32, 3e38, 0.0] {
+            let (out, divides) = run(c);
+            assert!(divides, "x / {c} must divide");
+            for (x, y) in xs.iter().zip(&out) {
+                let want = x / c;
+                assert!(*y == want || (y.is_nan() && want.is_nan()), "{x} / {c}: {y} vs {want}");
+            }
+        }
+    }
 }

@@ -84,42 +84,69 @@ impl Math {
         acc
     }
 
+    /// `x` limited to `[lo, hi]`, NaN passing through.
+    ///
+    /// Written as the compare-and-select that Cranelift lowers to one
+    /// `maxps`/`minps` each on x86 (`fmax`/`fmin` are an eight-instruction
+    /// sequence there, for IEEE NaN and signed-zero rules a clamp against
+    /// constants does not need). Those instructions return their second
+    /// operand when either is NaN, so `x` goes second.
+    pub fn clamp(&self, b: &mut FunctionBuilder, x: Value, lo: f32, hi: f32) -> Value {
+        let lo = self.f(b, lo);
+        let hi = self.f(b, hi);
+        let below = b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let x = self.select(b, below, lo, x);
+        let above = b.ins().fcmp(FloatCC::LessThan, hi, x);
+        self.select(b, above, hi, x)
+    }
+
     /// `e^x`.
     pub fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
-        // x = n ln2 + r with |r| <= ln2/2; e^x = 2^n e^r. n is clamped to
-        // the normal exponent range, and the edges are patched below.
+        // x = n ln2 + r, e^x = 2^n e^r. Adding 1.5 * 2^23 to x log2(e)
+        // rounds it to an integer (the float's ulp there is 1) and leaves
+        // that integer in the low mantissa bits, so neither a `nearest` nor
+        // a float-to-int conversion (a long saturating sequence on x86) is
+        // needed. n is held at 127, the largest normal exponent; it is at
+        // least -126 wherever the result is not replaced by 0 below. Every
+        // instruction and constant counts here: a softmax's exp loop keeps
+        // all of them in the 16 vector registers, and each one more spills.
+        const MAGIC: f32 = 12_582_912.0;
         let log2e = self.f(b, std::f32::consts::LOG2_E);
-        let t = b.ins().fmul(x, log2e);
-        let n = b.ins().nearest(t);
-        let lo = self.f(b, -126.0);
-        let hi = self.f(b, 127.0);
-        let n = b.ins().fmax(n, lo);
-        let n = b.ins().fmin(n, hi);
+        let magic = self.f(b, MAGIC);
+        let k = self.mul_add(b, x, log2e, magic);
+        let hi = self.f(b, MAGIC + 127.0);
+        let above = b.ins().fcmp(FloatCC::LessThan, hi, k);
+        let k = self.select(b, above, hi, k);
+        let n = b.ins().fsub(k, magic);
         // ln2 split in two so n*C1 is exact: r = x - n C1 - n C2.
         let c1 = self.f(b, -0.693_359_4);
         let c2 = self.f(b, 2.121_944_4e-4);
         let r = self.mul_add(b, n, c1, x);
         let r = self.mul_add(b, n, c2, r);
-        let p = self.poly(
-            b,
-            r,
-            &[1.0, 1.0, 0.5, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0, 1.0 / 720.0, 1.0 / 5040.0, 1.0 / 40320.0],
-        );
-        let ni = b.ins().fcvt_to_sint_sat(self.int_ty(), n);
-        let bias = self.i(b, 127);
-        let e = b.ins().iadd(ni, bias);
+        // |r| <= ln2/2, or up to ln2 where n is held at 127 near overflow:
+        // a degree-6 fit over that range (`scripts/fit_exp.py`), 1.1e-7
+        // relative in f32.
+        let p = self.poly(b, r, &[1.0, 1.0, 0.500_002_1, 0.166_670_07, 0.041_622_363, 0.008_325_808, 0.001_622_291_6]);
+        // 2^n: k's bits are MAGIC's plus n; rebias to the exponent field.
+        let bits = self.to_int(b, k);
+        let rebias = self.i(b, MAGIC.to_bits() as i32 - 127);
+        let e = b.ins().isub(bits, rebias);
         let e = b.ins().ishl_imm_s(e, 23);
         let scale = self.to_float(b, e);
+        // Past the largest result p * 2^127 overflows to inf by itself (p
+        // grows with r, and r with x); below the smallest normal result the
+        // answer is 0 (not a subnormal, nor the garbage of an exponent
+        // below -126): the mask "not below" (true for NaN) ANDed in.
         let y = b.ins().fmul(p, scale);
-        // Below the smallest normal result: 0; above the largest: inf.
         let under = self.f(b, -87.336_55);
-        let over = self.f(b, 88.722_84);
-        let zero = self.f(b, 0.0);
-        let inf = self.f(b, f32::INFINITY);
-        let m = b.ins().fcmp(FloatCC::LessThan, x, under);
-        let y = self.select(b, m, zero, y);
-        let m = b.ins().fcmp(FloatCC::GreaterThan, x, over);
-        self.select(b, m, inf, y)
+        let keep = b.ins().fcmp(FloatCC::UnorderedOrGreaterThanOrEqual, x, under);
+        if self.ty.is_vector() {
+            let keep = self.to_float(b, keep);
+            b.ins().band(y, keep)
+        } else {
+            let zero = self.f(b, 0.0);
+            b.ins().select(keep, y, zero)
+        }
     }
 
     /// Natural logarithm.
@@ -222,11 +249,7 @@ impl Math {
     /// every element: erf bounds the speed of a torch-exported GELU, the
     /// epilogue of every feed-forward up-projection.
     pub fn erf(&self, b: &mut FunctionBuilder, x: Value) -> Value {
-        let lo = self.f(b, -4.0);
-        let hi = self.f(b, 4.0);
-        // NaN stays NaN through fmin/fmax (Cranelift propagates it).
-        let xc = b.ins().fmax(x, lo);
-        let xc = b.ins().fmin(xc, hi);
+        let xc = self.clamp(b, x, -4.0, 4.0);
         let t = b.ins().fmul(xc, xc);
         let p = self.poly(
             b,
@@ -244,10 +267,7 @@ impl Math {
         let r = b.ins().fdiv(p, q);
         let y = b.ins().fmul(xc, r);
         // The fit overshoots 1 by an ulp near the clamp; erf never does.
-        let one = self.f(b, 1.0);
-        let minus_one = self.f(b, -1.0);
-        let y = b.ins().fmin(y, one);
-        b.ins().fmax(y, minus_one)
+        self.clamp(b, y, -1.0, 1.0)
     }
 
     /// `1 / (1 + e^-x)`.
