@@ -89,23 +89,25 @@ if profiled:
 kern, numpy = out / "kernels.txt", out / "gemm_numpy.txt"
 if kern.exists():
     sharc_gemm, np_gemm = {}, {}
+    # Each line: shape, then per GEMM "wall (per CPU-second)": packed, crate, Cranelift.
     for line in kern.read_text().splitlines():
-        m = re.match(r"\s*(\d+x\d+x\d+x\d+)\s+([\d.]+)\s+([\d.]+)\s+(.*)", line)
+        m = re.match(r"\s*(\d+x\d+x\d+x\d+)\s+([\d.]+)\s+\(([\d.]+)\)\s+([\d.]+)\s+\(([\d.]+)\)"
+                     r"\s+([\d.]+)\s+\(([\d.]+)\)\s+(.*)", line)
         if m:
-            sharc_gemm[m[1]] = (float(m[2]), float(m[3]), m[4].strip())
+            sharc_gemm[m[1]] = (float(m[2]), float(m[4]), float(m[6]), m[8].strip())
     if numpy.exists():
         for line in numpy.read_text().splitlines():
             m = re.match(r"\s*(\d+x\d+x\d+x\d+)\s+numpy\s+([\d.]+)", line)
             if m:
                 np_gemm[m[1]] = float(m[2])
     print("## GEMM (GFLOP/s, median; batch x m x n x k)\n")
-    print("| shape | sharc (gemm crate) | sharc (Cranelift kernel) | numpy/OpenBLAS | sharc/numpy | what |")
-    print("|---|---|---|---|---|---|")
-    for shape, (crate, cl, what) in sharc_gemm.items():
+    print("| shape | sharc (packed) | sharc (gemm crate) | sharc (Cranelift kernel) | numpy/OpenBLAS | packed/numpy | what |")
+    print("|---|---|---|---|---|---|---|")
+    for shape, (packed, crate, cl, what) in sharc_gemm.items():
         n = np_gemm.get(shape)
-        print(f"| {shape} | {crate:.1f} | {cl:.1f} | {fmt(n)} | {fmt(crate / n) if n else '-'} | {what} |")
-    facts["gemm"] = {s: {"sharc_crate": v[0], "sharc_cranelift": v[1], "numpy": np_gemm.get(s), "what": v[2]}
-                     for s, v in sharc_gemm.items()}
+        print(f"| {shape} | {packed:.1f} | {crate:.1f} | {cl:.1f} | {fmt(n)} | {fmt(packed / n) if n else '-'} | {what} |")
+    facts["gemm"] = {s: {"sharc_packed": v[0], "sharc_crate": v[1], "sharc_cranelift": v[2], "numpy": np_gemm.get(s),
+                         "what": v[3]} for s, v in sharc_gemm.items()}
     fused = [line.strip() for line in kern.read_text().splitlines()
              if ("GB/s" in line or "GFLOP/s" in line) and line.startswith("  ")]
     if fused:
