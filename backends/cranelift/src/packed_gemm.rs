@@ -55,8 +55,15 @@ pub(crate) const NC: usize = 128;
 pub(crate) struct PackedB {
     k: usize,
     n: usize,
-    data: Vec<f32>,
+    /// One cache line per row of a panel: the microkernel's two 8-lane
+    /// loads per step never straddle two lines.
+    data: Vec<PanelRow>,
 }
+
+/// The 16 values of one row of a panel, aligned to a 64-byte cache line.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+struct PanelRow([f32; NR]);
 
 impl PackedB {
     /// Packs the `k` x `n` matrix at `b` whose element `(p, c)` is at
@@ -81,14 +88,14 @@ impl PackedB {
         let panels = n.div_ceil(NR);
         // Every value is overwritten below except the last panel's padding,
         // which is zeroed there: no need to clear the buffer first.
-        self.data.resize(panels * k * NR, 0.0);
+        self.data.resize(panels * k, PanelRow::default());
         for j in 0..panels {
             let c0 = j * NR;
             let width = (n - c0).min(NR);
-            let dst = &mut self.data[j * k * NR..(j + 1) * k * NR];
+            let dst = &mut self.data[j * k..(j + 1) * k];
             if width < NR {
-                for row in dst.chunks_exact_mut(NR) {
-                    row[width..].fill(0.0);
+                for row in dst.iter_mut() {
+                    row.0[width..].fill(0.0);
                 }
             }
             // Walk the source along its unit stride: a transposed operand
@@ -96,7 +103,7 @@ impl PackedB {
             // SAFETY: (p, c) stays inside the caller's matrix, and the
             // destination panel holds k x NR values.
             unsafe {
-                let dst = dst.as_mut_ptr();
+                let dst = dst.as_mut_ptr() as *mut f32;
                 if cs == 1 {
                     for p in 0..k {
                         std::ptr::copy_nonoverlapping(b.offset(p as isize * rs + c0 as isize), dst.add(p * NR), width);
@@ -137,7 +144,7 @@ impl PackedB {
 
     /// Bytes held by the packed copy.
     pub fn bytes(&self) -> usize {
-        self.data.len() * 4
+        self.data.len() * std::mem::size_of::<PanelRow>()
     }
 }
 
@@ -241,7 +248,7 @@ unsafe fn gemm_rows_avx2(
                     // SAFETY: panel j's rows p0.. exist in the packed data;
                     // A's and C's addresses stay in the caller's extents.
                     unsafe {
-                        let bp = b.data.as_ptr().add(j * k * NR + p0 * NR);
+                        let bp = b.data.as_ptr().add(j * k + p0) as *const f32;
                         let mut i = 0;
                         while i < mrows {
                             let r = (mrows - i).min(MR);
