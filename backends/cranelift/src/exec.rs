@@ -405,27 +405,32 @@ impl Compiled {
                     None => None,
                 };
                 let rows = spec.batch_count() * spec.m;
+                let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
+                // The epilogue as the GEMM runners call it, on rows [s, e).
+                let epilogue = epi_ref.map(|(f, p)| {
+                    move |s: usize, e: usize| {
+                        let p = p;
+                        // SAFETY: the epilogue kernel reads the rows the
+                        // product just wrote, through the planner's views.
+                        unsafe { f(p.0 as *const *mut u8, s as i64, e as i64) }
+                    }
+                });
                 match (self.gemm, self.matmul_kernels.get(&i)) {
                     (GemmImpl::Cranelift, Some(k)) => {
                         let ptrs = [pa, pb, po];
                         let table = SendPtr(ptrs.as_ptr() as *mut f32);
                         let k = *k;
-                        let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
                         self.call_rows_with(rows, spec.n * spec.k.max(1), move |s, e| {
                             let t = table;
-                            let epi_ref = epi_ref;
                             // SAFETY: pointer tables built from the planner's views; row
                             // ranges of different calls are disjoint.
-                            unsafe {
-                                k(t.0 as *const *mut u8, s as i64, e as i64);
-                                if let Some((f, p)) = epi_ref {
-                                    f(p.0 as *const *mut u8, s as i64, e as i64);
-                                }
+                            unsafe { k(t.0 as *const *mut u8, s as i64, e as i64) };
+                            if let Some(epilogue) = epilogue {
+                                epilogue(s, e);
                             }
                         });
                     }
                     (GemmImpl::Packed, _) => {
-                        let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
                         let b = match prepacked {
                             Some(p) => PanelB::Prepacked(p),
                             None => PanelB::Strided(SendPtr(pb as *mut f32)),
@@ -433,26 +438,10 @@ impl Compiled {
                         // SAFETY: as for the crate below; `prepack` packed the
                         // step's own B, and `packed_gemm::available` was checked
                         // when `self.gemm` was chosen.
-                        unsafe {
-                            run_packed(
-                                spec,
-                                pa as *const f32,
-                                b,
-                                po as *mut f32,
-                                self.threads,
-                                epi_ref.map(|(f, p)| {
-                                    move |s: usize, e: usize| {
-                                        let p = p;
-                                        f(p.0 as *const *mut u8, s as i64, e as i64)
-                                    }
-                                }),
-                            )
-                        }
+                        unsafe { run_packed(spec, pa as *const f32, b, po as *mut f32, self.threads, epilogue) }
                     }
                     (GemmImpl::Crate, _) => {
-                        let epi_ref = epi.as_ref().map(|(f, p)| (*f, SendPtr(p.as_ptr() as *mut f32)));
-                        // SAFETY: the views were checked against the spec by the planner,
-                        // and the epilogue kernel reads the rows the product just wrote.
+                        // SAFETY: the views were checked against the spec by the planner.
                         unsafe {
                             run_gemm_crate(
                                 spec,
@@ -460,12 +449,7 @@ impl Compiled {
                                 pb as *const f32,
                                 po as *mut f32,
                                 self.threads,
-                                epi_ref.map(|(f, p)| {
-                                    move |s: usize, e: usize| {
-                                        let p = p;
-                                        f(p.0 as *const *mut u8, s as i64, e as i64)
-                                    }
-                                }),
+                                epilogue,
                             )
                         }
                     }

@@ -160,33 +160,6 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `C[r, cols] = alpha * A[r, :] · B[:, cols]` for the `rows` rows of `A`
-/// at `a` (row stride `a_rs`, column stride `a_cs`) and the columns of the
-/// given `panels` of `B` (all of them: `0..b.panels()`), writing rows of `C`
-/// `c_rs` apart (`c` addresses column 0).
-///
-/// # Safety
-/// [`available`] must be true; `a` must address `rows` x `b.k()` readable
-/// values through its strides and `c` `rows` rows of `b.n()` writable ones
-/// whose columns in `panels` nothing else touches meanwhile; `panels` must
-/// lie within `0..b.panels()`.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)] // a BLAS-style signature: operands with their strides
-pub(crate) unsafe fn gemm_rows(
-    a: *const f32,
-    a_rs: isize,
-    a_cs: isize,
-    b: &PackedB,
-    panels: Range<usize>,
-    c: *mut f32,
-    c_rs: usize,
-    rows: usize,
-    alpha: f32,
-) {
-    // SAFETY: forwarded from the caller, who checked `available`.
-    unsafe { gemm_rows_avx2(a, a_rs, a_cs, b, panels, c, c_rs, rows, alpha) }
-}
-
 /// Stand-in where the packed product cannot exist; [`available`] is false
 /// there, so it is never called.
 ///
@@ -208,10 +181,20 @@ pub(crate) unsafe fn gemm_rows(
     unreachable!("the packed product needs x86-64 with AVX2 and FMA; callers check `available`")
 }
 
+/// `C[r, cols] = alpha * A[r, :] · B[:, cols]` for the `rows` rows of `A`
+/// at `a` (row stride `a_rs`, column stride `a_cs`) and the columns of the
+/// given `panels` of `B` (all of them: `0..b.panels()`), writing rows of `C`
+/// `c_rs` apart (`c` addresses column 0).
+///
+/// # Safety
+/// [`available`] must be true; `a` must address `rows` x `b.k()` readable
+/// values through its strides and `c` `rows` rows of `b.n()` writable ones
+/// whose columns in `panels` nothing else touches meanwhile; `panels` must
+/// lie within `0..b.panels()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)] // as gemm_rows
-unsafe fn gemm_rows_avx2(
+#[allow(clippy::too_many_arguments)] // a BLAS-style signature: operands with their strides
+pub(crate) unsafe fn gemm_rows(
     a: *const f32,
     a_rs: isize,
     a_cs: isize,
