@@ -802,8 +802,10 @@ fn for_loop(
     b.ins().jump(head, &[]);
     b.switch_to_block(head);
     let i = b.use_var(iv);
-    let more = b.ins().icmp(IntCC::SignedLessThan, i, end);
-    b.ins().brif(more, body_b, &[], exit, &[]);
+    // The exit first, as in `Gen::emit_loop`: otherwise nothing is hoisted
+    // out of the body.
+    let done = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, i, end);
+    b.ins().brif(done, exit, &[], body_b, &[]);
     b.switch_to_block(body_b);
     let i = b.use_var(iv);
     body(b, i);
