@@ -83,17 +83,23 @@ fn generated_math_matches_libm() {
     let (e, l) = (values(&out[0]), values(&out[1]));
     assert!(e[0].is_nan() && e[1] == f32::INFINITY && e[2] == 0.0 && e[3] == 1.0, "exp edges: {e:?}");
     assert!(l[0].is_nan() && l[1] == f32::INFINITY && l[3] == f32::NEG_INFINITY && l[4].is_nan(), "log edges: {l:?}");
-    // erf clamps its argument, which must not swallow a NaN or overshoot ±1.
-    let mut g = Graph::new("erf_edges");
-    let x = f32_input(&mut g, "x", &[9]);
-    let y = g.add_op(Op::Unary(UnaryOp::Erf), &[x], Type::Unknown);
-    g.add_output("y", y);
-    let c = compile(&g, &opts()).expect("compiles");
-    // Nine values: two vectors of four and a scalar tail, so both code paths see a NaN.
-    let input = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 4.0, 1e30, -6.5, 0.0, -0.0, f32::NAN];
-    let y = values(&c.run(&[Tensor::from_vec(&[9], input)]).unwrap()[0]);
-    assert!(y[0].is_nan() && y[8].is_nan(), "erf(NaN) = {} and {}", y[0], y[8]);
-    assert_eq!(&y[1..8], &[1.0, -1.0, 1.0, 1.0, -1.0, 0.0, 0.0], "erf edges: {y:?}");
+    // erf and tanh clamp their argument, which must not swallow a NaN or
+    // overshoot ±1, and keep the sign of zero.
+    for (op, at_4) in [(UnaryOp::Erf, 1.0), (UnaryOp::Tanh, 4.0f64.tanh() as f32)] {
+        let mut g = Graph::new("edges");
+        let x = f32_input(&mut g, "x", &[9]);
+        let y = g.add_op(Op::Unary(op.clone()), &[x], Type::Unknown);
+        g.add_output("y", y);
+        let c = compile(&g, &opts()).expect("compiles");
+        // Nine values: two vectors of four and a scalar tail, so both code paths see a NaN.
+        let input = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 4.0, 1e30, -9.5, 0.0, -0.0, f32::NAN];
+        let y = values(&c.run(&[Tensor::from_vec(&[9], input)]).unwrap()[0]);
+        assert!(y[0].is_nan() && y[8].is_nan(), "{op:?}(NaN) = {} and {}", y[0], y[8]);
+        assert_eq!(&y[1..3], &[1.0, -1.0], "{op:?} at ±inf: {y:?}");
+        assert!((y[3] - at_4).abs() <= 2.0 * f32::EPSILON, "{op:?}(4) = {}", y[3]);
+        assert_eq!(&y[4..6], &[1.0, -1.0], "{op:?} past the clamp: {y:?}");
+        assert!(y[6] == 0.0 && y[6].is_sign_positive() && y[7] == 0.0 && y[7].is_sign_negative(), "{op:?}(±0): {y:?}");
+    }
 }
 
 /// LayerNormalization → GELU spelled with Erf (as torch exports it) →
