@@ -306,11 +306,18 @@ unsafe fn micro<const R: usize>(t: &Tile) {
         if t.kc % 2 == 1 {
             step(&mut acc, ap, bp);
         }
-        let alpha = _mm256_set1_ps(t.alpha);
+        // Nearly every product has alpha 1 (only Gemm carries one): skip
+        // the scaling, which short-k products (attention's) would feel.
+        if t.alpha != 1.0 {
+            let alpha = _mm256_set1_ps(t.alpha);
+            for acc in acc.iter_mut() {
+                acc[0] = _mm256_mul_ps(acc[0], alpha);
+                acc[1] = _mm256_mul_ps(acc[1], alpha);
+            }
+        }
         for (r, acc) in acc.iter().enumerate() {
             let cp = t.c.add(r * t.c_rs);
-            let mut v0 = _mm256_mul_ps(acc[0], alpha);
-            let mut v1 = _mm256_mul_ps(acc[1], alpha);
+            let (mut v0, mut v1) = (acc[0], acc[1]);
             if t.cols == NR {
                 if t.accumulate {
                     v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cp));
