@@ -1808,6 +1808,21 @@ mod tests {
     }
 
     #[test]
+    fn inputs_restride_between_shapes_of_the_same_rows_only_without_copies() {
+        use super::restride;
+        let (from, to) = ([512usize, 256], [8usize, 64, 256]);
+        // Dense stays dense; a bias (broadcast along rows) and a scalar stay so.
+        assert_eq!(restride(&[256, 1], &from, &to), Some(vec![64 * 256, 256, 1]));
+        assert_eq!(restride(&[0, 1], &from, &to), Some(vec![0, 0, 1]));
+        assert_eq!(restride(&[0, 0], &from, &to), Some(vec![0, 0, 0]));
+        // A transposed input or a per-row column cannot be re-expressed.
+        assert_eq!(restride(&[1, 512], &from, &to), None);
+        assert_eq!(restride(&[1, 0], &from, &to), None);
+        // The same shape keeps its strides, whatever they are.
+        assert_eq!(restride(&[1, 512], &from, &from), Some(vec![1, 512]));
+    }
+
+    #[test]
     fn a_gemm_bias_and_the_activation_after_it_become_one_epilogue() {
         for keep_biased in [false, true] {
             let (g, wt, bias, input) = gemm_tanh(keep_biased);
