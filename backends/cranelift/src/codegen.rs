@@ -582,6 +582,24 @@ impl<'s> Gen<'s> {
             let seen = b.ins().bor(seen, u);
             b.def_var(var, seen);
         };
+        // One element (or vector) at column j into an accumulator: computed,
+        // kept in the row's scratch when a later pass rereads it, combined,
+        // and its NaN noted.
+        let fold = |g: &mut Self, b: &mut FunctionBuilder, j: Value, vector: bool, acc: Variable, nan: Variable| {
+            let mut cache = HashMap::new();
+            let x = g.full_value(b, a, j, vector, &mut cache);
+            if let Some(row_addr) = keep {
+                let off = b.ins().imul_imm_s(j, 4);
+                let addr = b.ins().iadd(row_addr, off);
+                b.ins().store(flags(), x, addr, 0);
+            }
+            let sum = b.use_var(acc);
+            let sum = combine(b, sum, x);
+            b.def_var(acc, sum);
+            if track_nan {
+                note_nan(b, nan, x);
+            }
+        };
         let sacc = b.declare_var(types::F32);
         let init = b.ins().f32const(identity);
         b.def_var(sacc, init);
@@ -610,19 +628,7 @@ impl<'s> Gen<'s> {
                 self.emit_loop(b, lo, hi, 4 * ways, |g, b, j| {
                     for (w, &var) in accs.iter().take(ways as usize).enumerate() {
                         let jw = if w == 0 { j } else { b.ins().iadd_imm_s(j, 4 * w as i64) };
-                        let mut cache = HashMap::new();
-                        let x = g.full_value(b, a, jw, true, &mut cache);
-                        if let Some(row_addr) = keep {
-                            let off = b.ins().imul_imm_s(jw, 4);
-                            let addr = b.ins().iadd(row_addr, off);
-                            b.ins().store(flags(), x, addr, 0);
-                        }
-                        let acc = b.use_var(var);
-                        let acc = combine(b, acc, x);
-                        b.def_var(var, acc);
-                        if track_nan {
-                            note_nan(b, vnan, x);
-                        }
+                        fold(g, b, jw, true, var, vnan);
                     }
                 });
             }
@@ -646,21 +652,7 @@ impl<'s> Gen<'s> {
         }
         if vec_end < inner {
             self.prepare(b, &deps, false);
-            self.emit_loop(b, vec_end, inner, 1, |g, b, j| {
-                let mut cache = HashMap::new();
-                let x = g.full_value(b, a, j, false, &mut cache);
-                if let Some(row_addr) = keep {
-                    let off = b.ins().imul_imm_s(j, 4);
-                    let addr = b.ins().iadd(row_addr, off);
-                    b.ins().store(flags(), x, addr, 0);
-                }
-                let acc = b.use_var(sacc);
-                let acc = combine(b, acc, x);
-                b.def_var(sacc, acc);
-                if track_nan {
-                    note_nan(b, snan, x);
-                }
-            });
+            self.emit_loop(b, vec_end, inner, 1, |g, b, j| fold(g, b, j, false, sacc, snan));
         }
         if track_nan {
             let s = b.use_var(sacc);

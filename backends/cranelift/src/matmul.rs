@@ -188,6 +188,36 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
+/// How a product's work is shared between threads, decided alike for every
+/// GEMM runner: `None` for an empty product (nothing to do).
+struct Split {
+    m: usize,
+    n: usize,
+    k: usize,
+    count: usize,
+    /// Worth more than one thread (at least 2e5 multiply-adds).
+    threaded: bool,
+    /// The batch alone keeps every thread busy: one matrix per task.
+    whole_matrices: bool,
+}
+
+impl Split {
+    fn of(spec: &MatMulSpec, threads: usize) -> Option<Split> {
+        let (m, n, k, count) = (spec.m, spec.n, spec.k, spec.batch_count());
+        if m == 0 || n == 0 || count == 0 {
+            return None;
+        }
+        Some(Split {
+            m,
+            n,
+            k,
+            count,
+            threaded: threads > 1 && (m * n * k.max(1) * count) as f64 >= 2e5,
+            whole_matrices: count >= 2 * threads || (count >= threads && m < 64),
+        })
+    }
+}
+
 /// Runs the product with the `gemm` crate, then `epilogue(first, end)` on
 /// each block of output rows (rows numbered `batch × m + row`) right after
 /// the block is computed.
@@ -210,11 +240,7 @@ pub(crate) unsafe fn run_gemm_crate<E: Fn(usize, usize) + Sync>(
     epilogue: Option<E>,
 ) {
     use rayon::prelude::*;
-    let (m, n, k) = (spec.m, spec.n, spec.k);
-    let count = spec.batch_count();
-    if m == 0 || n == 0 || count == 0 {
-        return;
-    }
+    let Some(Split { m, n, k, count, threaded, whole_matrices }) = Split::of(spec, threads) else { return };
     let (a, b, out) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32), SendPtr(out));
     let block = move |i: usize, r0: usize, r1: usize, par: gemm::Parallelism| {
         let (oa, ob) = spec.batch_offsets(i);
@@ -253,12 +279,11 @@ pub(crate) unsafe fn run_gemm_crate<E: Fn(usize, usize) + Sync>(
             e(i * m + r0, i * m + r1);
         }
     };
-    let work = (m * n * k.max(1)) as f64;
-    if threads <= 1 || work * (count as f64) < 2e5 {
+    if !threaded {
         for i in 0..count {
             block(i, 0, m, gemm::Parallelism::None);
         }
-    } else if count >= 2 * threads || (count >= threads && m < 64) {
+    } else if whole_matrices {
         (0..count).into_par_iter().for_each(|i| block(i, 0, m, gemm::Parallelism::None));
     } else {
         // Slices of rows: about two per thread overall, but at least 64 rows
@@ -313,11 +338,7 @@ pub(crate) unsafe fn run_packed<E: Fn(usize, usize) + Sync>(
     epilogue: Option<E>,
 ) {
     use rayon::prelude::*;
-    let (m, n, k) = (spec.m, spec.n, spec.k);
-    let count = spec.batch_count();
-    if m == 0 || n == 0 || count == 0 {
-        return;
-    }
+    let Some(Split { m, n, k, count, threaded, whole_matrices }) = Split::of(spec, threads) else { return };
     if let PanelB::Prepacked(p) = b {
         assert!(p.k() == k && p.n() == n, "a prepacked operand must be the spec's B (a bug in the planner)");
     }
@@ -364,8 +385,6 @@ pub(crate) unsafe fn run_packed<E: Fn(usize, usize) + Sync>(
             unsafe { buf.repack(p.0.offset(ob), k, n, spec.b_rs, spec.b_cs) };
         }
     };
-    let threaded = threads > 1 && (m * n * k.max(1) * count) as f64 >= 2e5;
-    let whole_matrices = count >= 2 * threads || (count >= threads && m < 64);
     if threaded && whole_matrices {
         (0..count).into_par_iter().for_each(|i| match b {
             PanelB::Prepacked(p) => rows(i, 0, m, p),

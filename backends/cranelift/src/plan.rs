@@ -196,7 +196,6 @@ struct Home {
 /// marked in `from_first` are the (single) output of `first`: `first`'s
 /// inputs, then `second`'s other inputs in order; `second`'s outputs.
 fn compose_kernels(first: &KernelSpec, second: &KernelSpec, from_first: &[bool]) -> KernelSpec {
-    let n1 = first.inputs.len();
     // `kernel_chain` checked that every input of `first` restrides.
     let mut inputs: Vec<InputSpec> = first
         .inputs
@@ -213,7 +212,6 @@ fn compose_kernels(first: &KernelSpec, second: &KernelSpec, from_first: &[bool])
             inputs.push(spec.clone());
         }
     }
-    debug_assert!(inputs.len() >= n1);
     let mut exprs = first.exprs.clone();
     let produced = first.outputs[0].expr;
     // Where each of `second`'s expressions went.
@@ -267,6 +265,27 @@ fn restride(strides: &[isize], from: &[usize], to: &[usize]) -> Option<Vec<isize
         Some(s)
     } else {
         None
+    }
+}
+
+/// The arena buffers that graph outputs view: they keep their storage to
+/// the end, so no fusion may make them disappear.
+fn output_buffers(outputs: &[OutSrc]) -> HashSet<usize> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            OutSrc::View(View { loc: Loc::Arena(b), .. }) => Some(*b),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one step other than `producer` that uses buffer `b`, if there is
+/// exactly one.
+fn only_other_user(users: &HashMap<usize, Vec<usize>>, b: usize, producer: usize) -> Option<usize> {
+    match users.get(&b).map(|u| u.iter().filter(|&&s| s != producer).collect::<Vec<_>>()).as_deref() {
+        Some([only]) => Some(**only),
+        _ => None,
     }
 }
 
@@ -689,28 +708,43 @@ impl<'a> Planner<'a> {
         })
     }
 
+    /// For each arena buffer, the steps that read or write it, in order and
+    /// each once.
+    fn buffer_users(&self) -> HashMap<usize, Vec<usize>> {
+        let mut users: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            for loc in step_reads(s) {
+                if let Loc::Arena(b) = loc {
+                    // Steps come in order: a repeat is the last one pushed.
+                    let u = users.entry(b).or_default();
+                    if u.last() != Some(&i) {
+                        u.push(i);
+                    }
+                }
+            }
+        }
+        users
+    }
+
+    /// Whether every value in `inputs` exists before step `at` runs, apart
+    /// from buffer `own` (the one being handed over there): a step moved to
+    /// `at` may only read what is already computed.
+    fn ready_at(&self, inputs: &[View], own: usize, at: usize) -> bool {
+        inputs.iter().all(|v| match v.loc {
+            Loc::Arena(b) => b == own || self.buffer_def[b] < at,
+            Loc::Dyn(d) => self.dyn_def[d] <= at,
+            _ => true,
+        })
+    }
+
     /// Turns a kernel that is the only reader of a matrix product's output,
     /// and reads it row for row, into that product's epilogue. The kernel
     /// then runs at the product's place, so all its other inputs must exist
     /// by then.
     fn fuse_epilogues(&mut self, outputs: &[OutSrc]) {
         let n = self.steps.len();
-        let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (i, s) in self.steps.iter().enumerate() {
-            for loc in step_reads(s) {
-                if let Loc::Arena(b) = loc {
-                    readers.entry(b).or_default().push(i);
-                }
-            }
-        }
-        let mut in_output: HashSet<usize> = HashSet::new();
-        for o in outputs {
-            if let OutSrc::View(v) = o
-                && let Loc::Arena(b) = v.loc
-            {
-                in_output.insert(b);
-            }
-        }
+        let users = self.buffer_users();
+        let in_output = output_buffers(outputs);
         let mut removed = vec![false; n];
         for i in 0..n {
             let Step::MatMul { spec, out, epilogue: None, .. } = &self.steps[i] else { continue };
@@ -718,11 +752,7 @@ impl<'a> Planner<'a> {
             if in_output.contains(&bm) {
                 continue;
             }
-            let mut rs: Vec<usize> = readers.get(&bm).cloned().unwrap_or_default();
-            rs.sort();
-            rs.dedup();
-            rs.retain(|&r| r != i);
-            let [j] = rs[..] else { continue };
+            let Some(j) = only_other_user(&users, bm, i) else { continue };
             if removed[j] {
                 continue;
             }
@@ -739,12 +769,7 @@ impl<'a> Planner<'a> {
             {
                 continue;
             }
-            let ready = args[..n_in].iter().all(|v| match v.loc {
-                Loc::Arena(b) => b == bm || self.buffer_def[b] < i,
-                Loc::Dyn(d) => self.dyn_def[d] <= i,
-                _ => true,
-            });
-            if !ready {
+            if !self.ready_at(&args[..n_in], bm, i) {
                 continue;
             }
             let e = Epilogue { kernel: *kernel, args: args.clone(), label: label.clone() };
@@ -790,14 +815,7 @@ impl<'a> Planner<'a> {
     /// single epilogue of the product. The merged kernel runs at the first
     /// kernel's place, so the second's other inputs must exist by then.
     fn fuse_kernel_chains(&mut self, outputs: &[OutSrc]) {
-        let mut in_output: HashSet<usize> = HashSet::new();
-        for o in outputs {
-            if let OutSrc::View(v) = o
-                && let Loc::Arena(b) = v.loc
-            {
-                in_output.insert(b);
-            }
-        }
+        let in_output = output_buffers(outputs);
         // One merge per pass: merging renumbers the steps.
         while let Some((i, j)) = self.kernel_chain(&in_output) {
             let (
@@ -832,14 +850,7 @@ impl<'a> Planner<'a> {
     /// The first pair (producer step, reader step) that
     /// [`Self::fuse_kernel_chains`] can merge.
     fn kernel_chain(&self, in_output: &HashSet<usize>) -> Option<(usize, usize)> {
-        let mut readers: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (i, s) in self.steps.iter().enumerate() {
-            for loc in step_reads(s) {
-                if let Loc::Arena(b) = loc {
-                    readers.entry(b).or_default().push(i);
-                }
-            }
-        }
+        let users = self.buffer_users();
         for (i, step) in self.steps.iter().enumerate() {
             let Step::Kernel { kernel: k1, args: a1, .. } = step else { continue };
             let s1 = &self.kernels[*k1];
@@ -851,11 +862,7 @@ impl<'a> Planner<'a> {
             if in_output.contains(&b1) {
                 continue;
             }
-            let mut rs = readers.get(&b1).cloned().unwrap_or_default();
-            rs.sort();
-            rs.dedup();
-            rs.retain(|&r| r != i);
-            let [j] = rs[..] else { continue };
+            let Some(j) = only_other_user(&users, b1, i) else { continue };
             let Step::Kernel { kernel: k2, args: a2, .. } = &self.steps[j] else { continue };
             let s2 = &self.kernels[*k2];
             let n2 = s2.inputs.len();
@@ -880,12 +887,7 @@ impl<'a> Planner<'a> {
             {
                 continue;
             }
-            let ready = a2[..n2].iter().all(|v| match v.loc {
-                Loc::Arena(b) => b == b1 || self.buffer_def[b] < i,
-                Loc::Dyn(d) => self.dyn_def[d] <= i,
-                _ => true,
-            });
-            if ready {
+            if self.ready_at(&a2[..n2], b1, i) {
                 return Some((i, j));
             }
         }
