@@ -26,8 +26,10 @@
 //! level-1 cache while the kernel runs across the column block's panels,
 //! whose kc x NC values of `B` stay in level 2 together with the block's
 //! partial sums. Running across panels rather than down rows measured
-//! 7-13% faster on the widest product (minilm's FFN up-projection, paired
-//! alternating runs) and no slower on the others.
+//! 7-13% faster on the widest product (minilm's FFN up-projection) and no
+//! slower on the others, in paired alternating runs of a throw-away harness
+//! that switched the variants (only the ratio of back-to-back runs repeats
+//! on the dev VM); the benchmark in `bench/` shows the net effect.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -41,10 +43,9 @@ pub(crate) const MR: usize = 6;
 /// The most rows of `k` per block: a 6-row group's 6 x 512 x 4 bytes of
 /// `A` (12 KiB) stay in a 32 KiB level-1 cache while the panels stream by,
 /// and a 384-deep product (minilm's) needs no second pass over `C`.
-/// Measured against 256 by paired alternating runs of minilm b8's three
-/// product shapes (the dev VM's speed drifts by a third from minute to
-/// minute, so only back-to-back ratios repeat): medians 0.93-0.99, on one
-/// thread and on two.
+/// Against 256, paired alternating runs of minilm b8's three product
+/// shapes (the same throw-away harness) gave medians of 0.93-0.99 of the
+/// time, on one thread and on two.
 pub(crate) const KC_MAX: usize = 512;
 /// Rows of `A` per block. With [`NC`], the block's `A` (72 x 512 x 4 bytes),
 /// partial sums in `C` (72 x 128 x 4) and panels of `B` (512 x 128 x 4) fit
